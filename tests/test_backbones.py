@@ -5,11 +5,22 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 D_MODEL = 16
-NAMES = ["mamba", "transformer"]
+# Small shapes; chunk=4 so that sequences span several chunks and end mid-chunk.
+SMALL = {
+    "mamba": {"chunk": 4},
+    "mamba2": {"chunk": 4, "headdim": 8, "d_state": 8},
+    "linear_attention": {"chunk": 4},
+    "linear_attention_fixed": {"chunk": 4, "decay": "fixed"},
+    "linear_attention_none": {"chunk": 4, "decay": "none"},
+    "transformer": {},
+    "lstm": {},
+}
+NAMES = list(SMALL)
 
 
 def build(name: str, **overrides) -> torch.nn.Module:
-    cfg = OmegaConf.load(f"conf/model/backbone/{name}.yaml")
+    cfg = OmegaConf.load(f"conf/model/backbone/{name.split('_fixed')[0].split('_none')[0]}.yaml")
+    overrides = {**SMALL[name], **overrides}
     cfg = OmegaConf.merge({"model": {"d_model": D_MODEL}}, {"backbone": cfg}, {"backbone": overrides})
     torch.manual_seed(0)
     return instantiate(cfg.backbone).eval()
@@ -17,7 +28,7 @@ def build(name: str, **overrides) -> torch.nn.Module:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_shape_and_causality(name):
-    model = build(name, chunk=4) if name.startswith("mamba") else build(name)
+    model = build(name)
     x = torch.randn(2, 11, D_MODEL)
     y = model(x)
     assert y.shape == x.shape
@@ -30,7 +41,7 @@ def test_shape_and_causality(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("L", [1, 9])
+@pytest.mark.parametrize("L", [1, 10])
 def test_step_equals_forward(name, L):
     model = build(name)
     x = torch.randn(3, L, D_MODEL)
