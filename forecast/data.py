@@ -1,0 +1,185 @@
+"""Market data: the Parquet store -> causal per-ticker features -> sliding windows split by date.
+
+A sample is anchored at the close of session t: its input window holds the features of sessions
+t-L+1..t (each computed from data up to that session only) and its target is the forward log return
+log(close[t+h] / close[t]). Splits are by date: a train anchor's purge horizon ends before
+`val_start`, a validation anchor's before `test_start`, so no label of one split overlaps the next.
+Normalisation statistics are fitted on train-period rows only.
+"""
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import polars as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from data_pipelines.store import read_prices
+from forecast.errors import ConfigError, UserError
+
+FEATURES = ["ret", "gap", "intraday", "range", "dvol"]
+SPLITS = ("train", "val", "test")
+
+
+def price_features(prices: pl.DataFrame) -> pl.DataFrame:
+    """Scale-free price/volume features; the value at session t uses sessions <= t only."""
+    prev_close = pl.col("close").shift(1).over("ticker")
+    prev_volume = pl.col("volume").shift(1).over("ticker")
+    return prices.sort("ticker", "date").with_columns(
+        ret=(pl.col("close") / prev_close).log(),
+        gap=(pl.col("open") / prev_close).log(),
+        intraday=(pl.col("close") / pl.col("open")).log(),
+        range=(pl.col("high") / pl.col("low")).log(),
+        dvol=(pl.col("volume") + 1).log() - (prev_volume + 1).log(),
+    )
+
+
+def add_target(df: pl.DataFrame, horizon: int) -> pl.DataFrame:
+    """target = log(close[t+h] / close[t]); null where t+h is past the ticker's last session."""
+    future = pl.col("close").shift(-horizon).over("ticker")
+    return df.with_columns(target=(future / pl.col("close")).log())
+
+
+def split_dates(dates: pl.Series, val_start, test_start, val_frac: float, test_frac: float) -> tuple[date, date]:
+    """Explicit boundaries, or the quantiles of the distinct dates when they are None."""
+    uniq = dates.unique().sort()
+    n = uniq.len()
+    if val_start is None:
+        val_start = uniq[int(n * (1 - val_frac - test_frac))]
+    if test_start is None:
+        test_start = uniq[int(n * (1 - test_frac))]
+    return date.fromisoformat(str(val_start)), date.fromisoformat(str(test_start))
+
+
+def assign_split(df: pl.DataFrame, window: int, purge: int, val_start: date, test_start: date) -> pl.DataFrame:
+    """Label each row train/val/test/None as an anchor; needs `window` valid feature rows behind it."""
+    pos = pl.int_range(pl.len()).over("ticker")
+    purge_end = pl.col("date").shift(-purge).over("ticker")  # session at t + purge (null past the end)
+    usable = (pos >= window) & pl.col("target").is_not_null()  # row 0 has no previous close
+    split = (
+        pl.when(usable & (purge_end < val_start)).then(pl.lit("train"))
+        .when(usable & (pl.col("date") >= val_start) & (purge_end < test_start)).then(pl.lit("val"))
+        .when(usable & (pl.col("date") >= test_start)).then(pl.lit("test"))
+    )
+    return df.with_columns(split=split)
+
+
+class WindowDataset(Dataset):
+    """Windows gathered in one indexing op per batch: the sampler yields lists of sample indices."""
+
+    def __init__(self, features: torch.Tensor, ticker: torch.Tensor, target: torch.Tensor,
+                 anchors: torch.Tensor, window: int):
+        self.features, self.ticker, self.target, self.anchors = features, ticker, target, anchors
+        self.offsets = torch.arange(-window + 1, 1)  # (L,)
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def __getitem__(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        a = self.anchors[idx]  # (B,)
+        rows = a[:, None] + self.offsets  # (B, L)
+        return dict(x=self.features[rows], ticker=self.ticker[a], y=self.target[a], row=a)
+
+
+class MarketData(L.LightningDataModule):
+    def __init__(self, store: str, tickers: list[str] | None = None, window: int = 64, horizon: int = 1,
+                 purge: int | None = None, val_start: str | None = None, test_start: str | None = None,
+                 val_frac: float = 0.15, test_frac: float = 0.15, batch_size: int = 128, num_workers: int = 0):
+        super().__init__()
+        purge = horizon if purge is None else purge
+        for key, value, low in [("window", window, 2), ("horizon", horizon, 1), ("batch_size", batch_size, 1),
+                                ("purge", purge, horizon)]:
+            _check(isinstance(value, int) and value >= low, key, f"must be an integer >= {low}, got {value!r}"
+                   + (" (at least the horizon, so labels never overlap)" if key == "purge" else ""))
+        _check(0 < val_frac and 0 < test_frac and val_frac + test_frac < 1, "val_frac",
+               f"val_frac and test_frac must be > 0 with a sum < 1, got {val_frac} and {test_frac}")
+        tickers = [tickers] if isinstance(tickers, (str, int)) else tickers  # data.tickers=SPX is one ticker
+        self.store, self.tickers = store, None if tickers is None else [str(t) for t in tickers]
+        self.window, self.horizon, self.purge, self.batch_size = window, horizon, purge, batch_size
+        self.bounds = (val_start, test_start, val_frac, test_frac)
+        self.num_workers = num_workers
+        self.frame: pl.DataFrame | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.frame is not None:
+            return
+        if not (Path(self.store) / "manifest.parquet").exists():
+            raise UserError(f"data.store: no store at {self.store}; stores found: {find_stores() or 'none'} "
+                            "(build one with `python -m forecast ingest path=<files> store=<dir>`)")
+        df = add_target(price_features(read_prices(self.store, self.tickers)), self.horizon)
+        self.val_start, self.test_start = split_dates(df["date"], *self.bounds)
+        _check(self.val_start < self.test_start, "val_start",
+               f"must be before test_start, got {self.val_start} >= {self.test_start}")
+        self.frame = assign_split(df, self.window, self.purge, self.val_start, self.test_start)
+        counts = {s: self.frame.filter(pl.col("split") == s).height for s in SPLITS}
+        for s, n in counts.items():
+            _check(n > 0, f"{'val' if s == 'train' else s}_start",
+                   f"the {s} split is empty (dates {df['date'].min()}..{df['date'].max()}, "
+                   f"val_start={self.val_start}, test_start={self.test_start}, window={self.window})")
+        self._fit_and_tensorise()
+
+    def _fit_and_tensorise(self) -> None:
+        """Normalisation and target scale from train-period rows only; then one tensor per column."""
+        df = self.frame
+        fit = df.filter(pl.col("date") < self.val_start)
+        stats = fit.select(*[pl.col(c).drop_nans().mean().alias(c) for c in FEATURES]).row(0), \
+            fit.select(*[pl.col(c).drop_nans().std().alias(c) for c in FEATURES]).row(0)
+        self.feature_mean = np.array(stats[0], dtype=np.float64)
+        self.feature_std = np.array([s if s and s > 0 else 1.0 for s in stats[1]], dtype=np.float64)
+        train_y = df.filter(pl.col("split") == "train")["target"]
+        self.target_mean, self.target_std = float(train_y.mean()), float(train_y.std())
+        x = df.select(FEATURES).to_numpy()
+        x = np.nan_to_num((x - self.feature_mean) / self.feature_std, nan=0.0, posinf=0.0, neginf=0.0)
+        self.features = torch.tensor(x, dtype=torch.float32)  # (N, F)
+        self.vocab = sorted(set(df.filter(pl.col("split") == "train")["ticker"].to_list()))
+        ids = {t: i + 1 for i, t in enumerate(self.vocab)}  # 0: a ticker unseen in training
+        self.ticker_ids = torch.tensor([ids.get(t, 0) for t in df["ticker"].to_list()], dtype=torch.long)
+        y = df["target"].fill_null(0.0).to_numpy()
+        self.targets = torch.tensor(y / self.target_std, dtype=torch.float32)  # (N,) in train-std units
+        self.anchors = {s: torch.tensor(np.flatnonzero((df["split"] == s).to_numpy()), dtype=torch.long)
+                        for s in SPLITS}
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return dict(n_features=len(FEATURES), n_tickers=len(self.vocab) + 1, window=self.window)
+
+    def dataset(self, split: str) -> WindowDataset:
+        return WindowDataset(self.features, self.ticker_ids, self.targets, self.anchors[split], self.window)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.dataset(split)
+        sampler = RandomSampler(ds) if shuffle else SequentialSampler(ds)
+        return DataLoader(ds, batch_size=None, sampler=BatchSampler(sampler, self.batch_size, drop_last=False),
+                          num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def predictions_frame(self, split: str, pred: torch.Tensor) -> pl.DataFrame:
+        """(ticker, date, pred, realised) in log-return units for the anchors of `split`."""
+        rows = self.anchors[split].numpy()
+        out = self.frame[rows].select("ticker", "date", realised=pl.col("target"))
+        return out.with_columns(pred=pl.Series(pred.double().numpy() * self.target_std))
+
+
+def find_stores(roots=("data", ".")) -> list[str]:
+    """Directories holding a store manifest, one level below each root."""
+    found = {str(p.parent) for r in roots if Path(r).is_dir() for p in Path(r).glob("*/manifest.parquet")}
+    return sorted(found)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
