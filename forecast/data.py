@@ -54,25 +54,30 @@ def split_dates(dates: pl.Series, val_start, test_start, val_frac: float, test_f
     return date.fromisoformat(str(val_start)), date.fromisoformat(str(test_start))
 
 
-def assign_split(df: pl.DataFrame, window: int, purge: int, val_start: date, test_start: date) -> pl.DataFrame:
-    """Label each row train/val/test/None as an anchor; needs `window` valid feature rows behind it."""
+def assign_split(df: pl.DataFrame, window: int, purge: int, val_start: date, test_start: date,
+                 train_start: date | None = None, test_end: date | None = None) -> pl.DataFrame:
+    """Label each row train/val/test/None as an anchor; needs `window` valid feature rows behind it.
+    Optional `train_start` (first train anchor) and `test_end` (exclusive) cut one walk-forward fold."""
     pos = pl.int_range(pl.len()).over("ticker")
     purge_end = pl.col("date").shift(-purge).over("ticker")  # session at t + purge (null past the end)
     usable = (pos >= window) & pl.col("target").is_not_null()  # row 0 has no previous close
+    after_start = pl.lit(True) if train_start is None else pl.col("date") >= train_start
+    before_end = pl.lit(True) if test_end is None else pl.col("date") < test_end
     split = (
-        pl.when(usable & (purge_end < val_start)).then(pl.lit("train"))
+        pl.when(usable & after_start & (purge_end < val_start)).then(pl.lit("train"))
         .when(usable & (pl.col("date") >= val_start) & (purge_end < test_start)).then(pl.lit("val"))
-        .when(usable & (pl.col("date") >= test_start)).then(pl.lit("test"))
+        .when(usable & (pl.col("date") >= test_start) & before_end).then(pl.lit("test"))
     )
     return df.with_columns(split=split)
 
 
 class WindowDataset(Dataset):
-    """Windows gathered in one indexing op per batch: the sampler yields lists of sample indices."""
+    """Windows gathered in one indexing op per batch: the sampler yields lists of sample indices.
+    `inputs` holds per-row tensors (N, ...) such as the price features `x`; each becomes (B, L, ...)."""
 
-    def __init__(self, features: torch.Tensor, ticker: torch.Tensor, target: torch.Tensor,
+    def __init__(self, inputs: dict[str, torch.Tensor], ticker: torch.Tensor, target: torch.Tensor,
                  anchors: torch.Tensor, window: int):
-        self.features, self.ticker, self.target, self.anchors = features, ticker, target, anchors
+        self.inputs, self.ticker, self.target, self.anchors = inputs, ticker, target, anchors
         self.offsets = torch.arange(-window + 1, 1)  # (L,)
 
     def __len__(self) -> int:
@@ -81,13 +86,15 @@ class WindowDataset(Dataset):
     def __getitem__(self, idx: list[int]) -> dict[str, torch.Tensor]:
         a = self.anchors[idx]  # (B,)
         rows = a[:, None] + self.offsets  # (B, L)
-        return dict(x=self.features[rows], ticker=self.ticker[a], y=self.target[a], row=a)
+        windows = {name: v[rows] for name, v in self.inputs.items()}  # each (B, L, ...)
+        return dict(windows, ticker=self.ticker[a], y=self.target[a], row=a)
 
 
 class MarketData(L.LightningDataModule):
     def __init__(self, store: str, tickers: list[str] | None = None, window: int = 64, horizon: int = 1,
                  purge: int | None = None, val_start: str | None = None, test_start: str | None = None,
-                 val_frac: float = 0.15, test_frac: float = 0.15, batch_size: int = 128, num_workers: int = 0):
+                 val_frac: float = 0.15, test_frac: float = 0.15, batch_size: int = 128, num_workers: int = 0,
+                 modalities: list[str] = ("price",), train_start: str | None = None, test_end: str | None = None):
         super().__init__()
         purge = horizon if purge is None else purge
         for key, value, low in [("window", window, 2), ("horizon", horizon, 1), ("batch_size", batch_size, 1),
@@ -101,6 +108,8 @@ class MarketData(L.LightningDataModule):
         self.window, self.horizon, self.purge, self.batch_size = window, horizon, purge, batch_size
         self.bounds = (val_start, test_start, val_frac, test_frac)
         self.num_workers = num_workers
+        self.modalities = [str(m) for m in modalities]
+        self.fold = tuple(None if d is None else date.fromisoformat(str(d)) for d in (train_start, test_end))
         self.frame: pl.DataFrame | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -113,7 +122,7 @@ class MarketData(L.LightningDataModule):
         self.val_start, self.test_start = split_dates(df["date"], *self.bounds)
         _check(self.val_start < self.test_start, "val_start",
                f"must be before test_start, got {self.val_start} >= {self.test_start}")
-        self.frame = assign_split(df, self.window, self.purge, self.val_start, self.test_start)
+        self.frame = assign_split(df, self.window, self.purge, self.val_start, self.test_start, *self.fold)
         counts = {s: self.frame.filter(pl.col("split") == s).height for s in SPLITS}
         for s, n in counts.items():
             _check(n > 0, f"{'val' if s == 'train' else s}_start",
@@ -124,7 +133,8 @@ class MarketData(L.LightningDataModule):
     def _fit_and_tensorise(self) -> None:
         """Normalisation and target scale from train-period rows only; then one tensor per column."""
         df = self.frame
-        fit = df.filter(pl.col("date") < self.val_start)
+        fit_rows = (df["date"] < self.val_start) & (df["date"] >= (self.fold[0] or date.min))
+        fit = df.filter(fit_rows)
         stats = fit.select(*[pl.col(c).drop_nans().mean().alias(c) for c in FEATURES]).row(0), \
             fit.select(*[pl.col(c).drop_nans().std().alias(c) for c in FEATURES]).row(0)
         self.feature_mean = np.array(stats[0], dtype=np.float64)
@@ -133,7 +143,8 @@ class MarketData(L.LightningDataModule):
         self.target_mean, self.target_std = float(train_y.mean()), float(train_y.std())
         x = df.select(FEATURES).to_numpy()
         x = np.nan_to_num((x - self.feature_mean) / self.feature_std, nan=0.0, posinf=0.0, neginf=0.0)
-        self.features = torch.tensor(x, dtype=torch.float32)  # (N, F)
+        self.inputs = {"x": torch.tensor(x, dtype=torch.float32)}  # (N, F)
+        self.inputs.update(self._modality_inputs(fit_rows.to_numpy()))
         self.vocab = sorted(set(df.filter(pl.col("split") == "train")["ticker"].to_list()))
         ids = {t: i + 1 for i, t in enumerate(self.vocab)}  # 0: a ticker unseen in training
         self.ticker_ids = torch.tensor([ids.get(t, 0) for t in df["ticker"].to_list()], dtype=torch.long)
@@ -142,12 +153,27 @@ class MarketData(L.LightningDataModule):
         self.anchors = {s: torch.tensor(np.flatnonzero((df["split"] == s).to_numpy()), dtype=torch.long)
                         for s in SPLITS}
 
+    def _modality_inputs(self, fit_rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """Per-row inputs of the modalities beyond price and ticker (see forecast/modalities.py)."""
+        extra = [m for m in self.modalities if m not in ("price", "ticker")]
+        if not extra:
+            return {}
+        from forecast.modalities import row_inputs
+
+        return row_inputs(extra, self.frame, self.store, fit_rows)
+
+    @property
+    def features(self) -> torch.Tensor:
+        return self.inputs["x"]  # (N, F) normalised price features
+
     @property
     def dims(self) -> dict[str, int]:
-        return dict(n_features=len(FEATURES), n_tickers=len(self.vocab) + 1, window=self.window)
+        dims = dict(n_features=len(FEATURES), n_tickers=len(self.vocab) + 1, window=self.window)
+        dims.update({f"n_{k}": v.shape[-1] for k, v in self.inputs.items() if k != "x" and v.dim() == 2})
+        return dims
 
     def dataset(self, split: str) -> WindowDataset:
-        return WindowDataset(self.features, self.ticker_ids, self.targets, self.anchors[split], self.window)
+        return WindowDataset(self.inputs, self.ticker_ids, self.targets, self.anchors[split], self.window)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(split)

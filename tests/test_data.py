@@ -119,3 +119,15 @@ def test_split_dates_out_of_range_name_the_key():
     dm = MarketData("data/sample", ["GOOG"], val_start="2016-01-01", test_start="2017-01-01")
     with pytest.raises(ConfigError, match="split is empty"):
         dm.setup()
+
+
+def test_a_walk_forward_fold_keeps_its_bounds():
+    dm = MarketData("data/sample", ["SPX"], window=16, train_start="2003-01-01", val_start="2009-01-01",
+                    test_start="2011-01-01", test_end="2012-01-01")
+    dm.setup()
+    f = dm.frame
+    assert f.filter(pl.col("split") == "train")["date"].min() >= date(2003, 1, 1)
+    test = f.filter(pl.col("split") == "test")["date"]
+    assert test.min() >= date(2011, 1, 1) and test.max() < date(2012, 1, 1)
+    fit = read_prices("data/sample", ["SPX"]).filter((pl.col("date") >= date(2003, 1, 1)))
+    assert dm.features.shape[0] == f.height and fit.height < f.height  # history before the fold is kept as context
