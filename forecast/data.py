@@ -109,6 +109,8 @@ class MarketData(L.LightningDataModule):
         self.bounds = (val_start, test_start, val_frac, test_frac)
         self.num_workers = num_workers
         self.modalities = [str(m) for m in modalities]
+        unknown = sorted(set(self.modalities) - set(known_modalities()))
+        _check(not unknown, "modalities", f"unknown {unknown}; known: {known_modalities()}")
         self.fold = tuple(None if d is None else date.fromisoformat(str(d)) for d in (train_start, test_end))
         self.frame: pl.DataFrame | None = None
 
@@ -198,6 +200,15 @@ class MarketData(L.LightningDataModule):
         rows = self.anchors[split].numpy()
         out = self.frame[rows].select("ticker", "date", realised=pl.col("target"))
         return out.with_columns(pred=pl.Series(pred.double().numpy() * self.target_std))
+
+
+def known_modalities() -> list[str]:
+    """price and ticker, plus the per-row modalities of forecast/modalities.py (when present)."""
+    try:
+        from forecast.modalities import MODALITIES
+    except ImportError:
+        MODALITIES = {}
+    return ["price", "ticker", *MODALITIES]
 
 
 def find_stores(roots=("data", ".")) -> list[str]:

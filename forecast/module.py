@@ -7,17 +7,24 @@ import lightning as L
 import torch
 from torch import nn
 
+from forecast.errors import ConfigError
+
 
 class Forecaster(L.LightningModule):
-    """Encoders arrive as partials (they need the data's dims); backbone, fusion and head ready-built."""
+    """Encoders arrive as partials (they need the data's dims); backbone, fusion and head ready-built.
+    `modalities` picks which of the configured encoders this model uses."""
 
     def __init__(self, encoders: dict[str, Callable[..., nn.Module]], fusion: nn.Module, backbone: nn.Module,
-                 head: nn.Module, optimizer: Callable, dims: dict, d_model: int,
+                 head: nn.Module, optimizer: Callable, dims: dict, d_model: int, modalities: list[str],
                  scheduler: Callable | None = None):
         super().__init__()
         dims = {k: int(v) for k, v in dims.items()}
-        self.save_hyperparameters({"dims": dims, "d_model": int(d_model)})
-        self.encoders = nn.ModuleDict({name: make(dims=dims, d_model=d_model) for name, make in encoders.items()})
+        modalities = [str(m) for m in modalities]
+        unknown = sorted(set(modalities) - set(encoders))
+        if unknown or not modalities:
+            raise ConfigError("modalities", f"unknown or empty: {unknown or modalities}; known: {sorted(encoders)}")
+        self.save_hyperparameters({"dims": dims, "d_model": int(d_model), "modalities": modalities})
+        self.encoders = nn.ModuleDict({m: encoders[m](dims=dims, d_model=d_model) for m in modalities})
         self.fusion, self.backbone, self.head = fusion, backbone, head
         self.make_optimizer, self.make_scheduler = optimizer, scheduler
 

@@ -22,7 +22,7 @@ def _options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("backbone", _options("model/backbone"))
 def test_every_backbone_builds_a_forecaster_that_runs(backbone):
-    cfg = _compose(f"model/backbone={backbone}", "model.d_model=16", "experiment=multi_ticker")
+    cfg = _compose(f"model/backbone={backbone}", "model.d_model=32", "experiment=multi_ticker")
     model = instantiate(cfg.model, dims=DIMS)
     x, ticker = torch.randn(3, 16, 5), torch.tensor([0, 1, 3])  # (B, L, F), (B,)
     out = model(x, ticker)
@@ -40,8 +40,16 @@ def test_every_experiment_composes_and_instantiates(experiment):
 
 def test_multi_ticker_adds_the_ticker_encoder_and_uses_every_ticker():
     single, multi = _compose(), _compose("experiment=multi_ticker")
-    assert list(single.model.encoders) == ["price"]
-    assert sorted(multi.model.encoders) == ["price", "ticker"] and multi.data.tickers is None
+    assert list(instantiate(single.model, dims=DIMS).encoders) == ["price"]
+    assert list(instantiate(multi.model, dims=DIMS).encoders) == ["price", "ticker"]
+    assert multi.data.tickers is None and list(multi.data.modalities) == ["price", "ticker"]
+
+
+def test_unknown_modality_names_the_key():
+    from hydra.errors import InstantiationException
+
+    with pytest.raises(InstantiationException, match="modalities"):
+        instantiate(_compose("modalities=[price,nope]").model, dims=DIMS)
 
 
 @pytest.mark.parametrize("group", ["data", "trainer", "logger", "callbacks", "model/encoder", "model/head",
