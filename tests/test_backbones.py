@@ -67,3 +67,15 @@ def test_mamba_keeps_mamba_ssm_parameter_names():
     names = {n.split(".")[-1] if "proj" not in n and "conv" not in n else n.split(".")[-2]
              for n in build("mamba").state_dict()}
     assert {"in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "D", "out_proj"} <= names
+
+
+def test_mamba_impls_agree_and_share_weights():
+    """The chunked PyTorch path and the C kernel give one model: same weights, same outputs."""
+    from forecast.backbones import cpu_scan
+
+    if not cpu_scan.available():
+        pytest.skip("no C compiler for the CPU kernel")
+    torch_path, kernel = build("mamba", impl="torch"), build("mamba", impl="cpu")
+    kernel.load_state_dict(torch_path.state_dict())
+    x = torch.randn(2, 13, D_MODEL)
+    torch.testing.assert_close(kernel(x), torch_path(x), rtol=1e-4, atol=1e-5)

@@ -1,11 +1,27 @@
-"""Residual pre-norm blocks and the stack every backbone is built from.
+"""Residual pre-norm blocks, the stack every backbone is built from, and a causal conv.
 
 A mixer maps (B, L, D) -> (B, L, D) causally and has `step(x_t, state) -> (y_t, state)`
 for one new position, x_t (B, D). The stack applies `x + dropout(mixer(norm(x)))` per
 sublayer and ends with a final norm, so a head can read the last position directly.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def causal_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """Depthwise causal conv of x (B, L, C) with conv's (C, 1, K) weight, as K shifted products.
+
+    Same result as conv(x.transpose(1, 2))[..., :L] with padding K-1, but channels-last and
+    several times faster on CPU (PyTorch's depthwise conv1d backward is slow there).
+    """
+    w, L = conv.weight[:, 0], x.shape[1]  # (C, K)
+    K = w.shape[1]
+    xp = F.pad(x, (0, 0, K - 1, 0))  # (B, L+K-1, C)
+    y = xp[:, :L] * w[:, 0] + conv.bias  # (B, L, C)
+    for k in range(1, K):
+        y = y + xp[:, k:k + L] * w[:, k]
+    return y
 
 
 class MLP(nn.Module):

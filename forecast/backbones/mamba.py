@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from forecast.backbones.block import Stack
-from forecast.backbones.scan import cuda_kernels, selective_scan, use_cuda
+from forecast.backbones.block import Stack, causal_conv
+from forecast.backbones.scan import cuda_kernels, resolve_impl, selective_scan
 
 
 class MambaMixer(nn.Module):
@@ -50,10 +50,10 @@ class MambaMixer(nn.Module):
         return delta.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)  # (B, E, L), (B, N, L) x2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        L = x.shape[1]
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
-        x = F.silu(self.conv1d(x.transpose(1, 2))[..., :L])  # (B, E, L)
-        delta, B, C = self._ssm_inputs(x.transpose(1, 2))
+        x = F.silu(causal_conv(x, self.conv1d))  # (B, L, E)
+        delta, B, C = self._ssm_inputs(x)
+        x = x.transpose(1, 2)  # (B, E, L)
         A = -torch.exp(self.A_log.float())  # (E, N)
         y = selective_scan(x, delta, A, B, C, self.D.float(), z.transpose(1, 2),
                            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
@@ -71,7 +71,7 @@ class MambaMixer(nn.Module):
         x = F.silu((conv_state * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)  # (B, E)
         delta, B, C = self._ssm_inputs(x[:, None])  # (B, E, 1), (B, N, 1) x2
         A = -torch.exp(self.A_log.float())  # (E, N)
-        if use_cuda(self.impl, x_t):
+        if resolve_impl(self.impl, x_t) == "cuda":
             _, state_update = cuda_kernels()
             h = h.clone()
             y = state_update(h, x, delta[..., 0], A, B[..., 0], C[..., 0], self.D.float(), z=z,

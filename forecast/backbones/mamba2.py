@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from forecast.backbones.block import Stack
+from forecast.backbones.block import Stack, causal_conv
 from forecast.backbones.ssd import decay_attention_chunked, decay_attention_step
 
 
@@ -54,7 +54,7 @@ class Mamba2Mixer(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         Bsz, L, _ = u.shape
         z, xBC, dt = self._split(self.in_proj(u))  # (B, L, E), (B, L, E+2N), (B, L, H)
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :L].transpose(1, 2))  # (B, L, E+2N)
+        xBC = F.silu(causal_conv(xBC, self.conv1d))  # (B, L, E+2N)
         x, B, C, dt, log_a = self._ssd_inputs(xBC, dt)
         heads = (Bsz, self.n_heads, L, self.d_state)
         q = C[:, None].expand(heads)  # (B, H, L, N), one group shared by all heads

@@ -1,9 +1,9 @@
-"""Mamba-1 selective scan: a sequential reference, a chunked CPU path and the CUDA kernel.
+"""Mamba-1 selective scan: a sequential reference, chunked PyTorch, a C kernel, the CUDA kernel.
 
 All share mamba_ssm's signature (`selective_scan_fn`):
     u, delta: (B, D, L)   A: (D, N)   B, C: (B, N, L)   D: (D,)   z: (B, D, L)
     h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,   y_t = C_t h_t + D u_t,   y *= silu(z)
-`selective_scan` dispatches on impl: "auto" | "torch" | "cuda".
+`selective_scan` dispatches on impl: "auto" | "torch" | "cpu" | "cuda".
 """
 import torch
 import torch.nn.functional as F
@@ -127,16 +127,29 @@ def _chunk_backward(u, delta, A, B, C, dy, h0, carry):
     return (gBt * delta, ddelta, dB, dC, dA_param), dA[:, :, 0] * g[:, :, 0]
 
 
-def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                           delta_softplus=False, return_last_state=False, chunk=64):
-    """Chunked parallel scan on any device; same result as `selective_scan_ref`."""
+def _with_core(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk):
     delta = _prepare_delta(delta, delta_bias, delta_softplus)
-    y, last = ChunkedScan.apply(u.contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), chunk)
+    y, last = core.apply(u.contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), chunk)
     y = _finish(y, u, D, z)  # (B, D, L)
     return (y, last) if return_last_state else y
 
 
-# --- CUDA kernels (optional extra) -------------------------------------------------
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                           delta_softplus=False, return_last_state=False, chunk=64):
+    """Chunked parallel scan in PyTorch, any device; same result as `selective_scan_ref`."""
+    return _with_core(ChunkedScan, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk)
+
+
+def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                         delta_softplus=False, return_last_state=False, chunk=64):
+    """The compiled CPU kernel (float32, CPU tensors); same result as `selective_scan_ref`."""
+    from forecast.backbones.cpu_scan import FusedScan
+
+    return _with_core(FusedScan, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk)
+
+
+# --- dispatch ----------------------------------------------------------------------
+IMPLS = ("auto", "torch", "cpu", "cuda")
 
 
 def cuda_kernels():
@@ -150,26 +163,36 @@ def cuda_kernels():
     return selective_scan_fn, selective_state_update
 
 
-def use_cuda(impl: str, x: torch.Tensor) -> bool:
-    """Resolve impl: 'cuda' forces the kernels, 'torch' never uses them, 'auto' uses them on GPU if present."""
-    if impl not in ("auto", "torch", "cuda"):
-        raise ValueError(f"impl must be auto, torch or cuda, got {impl!r}")
+def resolve_impl(impl: str, x: torch.Tensor) -> str:
+    """'cuda' (mamba-ssm kernels), 'cpu' (compiled C kernel) or 'torch' (chunked PyTorch).
+
+    auto: the CUDA kernels for GPU tensors when installed; the C kernel for float32 CPU tensors
+    when a C compiler is found; else PyTorch. Forcing an unavailable impl raises.
+    """
+    from forecast.backbones import cpu_scan
+
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "cuda":
         cuda_kernels()
-        return True
-    if impl == "auto" and x.is_cuda:
+    if impl == "cpu" and not cpu_scan.available():
+        raise RuntimeError("impl=cpu needs a C compiler (cc, or $CC) to build the CPU scan kernel")
+    if impl != "auto":
+        return impl
+    if x.is_cuda:
         try:
             cuda_kernels()
-            return True
+            return "cuda"
         except RuntimeError:
-            return False
-    return False
+            return "torch"
+    return "cpu" if x.dtype == torch.float32 and not x.is_cuda and cpu_scan.available() else "torch"
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    impl="auto", chunk=64):
-    """Dispatch the selective scan to the CUDA kernel or the chunked PyTorch path."""
-    if use_cuda(impl, u):
-        scan_fn, _ = cuda_kernels()
-        return scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk=chunk)
+    """Dispatch the selective scan to the CUDA kernel, the C kernel or the chunked PyTorch path."""
+    impl = resolve_impl(impl, u)
+    if impl == "cuda":
+        return cuda_kernels()[0](u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    fn = selective_scan_fused if impl == "cpu" else selective_scan_chunked
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk=chunk)

@@ -48,12 +48,13 @@ def decay_attention_chunked(q, k, v, log_a, chunk: int = 64):
     y = ((q @ k.transpose(-1, -2)) * seg.exp()) @ v  # within chunks, (B, H, n, T, V)
     k_end = k * (cs[..., -1:] - cs).exp()[..., None]  # decayed to the chunk's end, (B, H, n, T, K)
     chunk_states = k_end.transpose(-1, -2) @ v  # (B, H, n, K, V)
-    chunk_decay = cs[..., -1].exp()  # (B, H, n)
+    chunk_decay = cs[..., -1].exp()[..., None, None]  # (B, H, n, 1, 1)
     S = torch.zeros_like(chunk_states[:, :, 0])  # (B, H, K, V)
     starts = []
-    for c in range(n):  # a loop over chunks, not over time steps
+    # A loop over chunks, not time steps; unbind (not indexing) keeps its backward linear in n.
+    for decay, state in zip(chunk_decay.unbind(2), chunk_states.unbind(2)):
         starts.append(S)
-        S = chunk_decay[:, :, c, None, None] * S + chunk_states[:, :, c]
+        S = decay * S + state
     starts = torch.stack(starts, dim=2)  # state entering each chunk, (B, H, n, K, V)
     y = y + (q * cs.exp()[..., None]) @ starts  # (B, H, n, T, V)
     return y.reshape(Bsz, H, n * T, -1)[:, :, :L]
