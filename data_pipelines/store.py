@@ -3,19 +3,25 @@
 Layout of a store directory:
 
     manifest.parquet                   one row per ticker: ticker, exchange, first_date, last_date,
-                                       rows, content_hash, file (relative path of its price file)
+                                       rows, missing_sessions, content_hash, file (relative path)
     prices/ticker=<quoted>/<hash>.parquet
                                        date, open, high, low, close, volume; sorted, one row per session
     exogenous.parquet                  series, date (the session on which the value became known), value
+    news.parquet                       ticker (null = market-wide), session (first session in which the
+                                       item could be acted on), published_at (UTC), headline
+    quarantine.parquet                 file, line, reason, raw: every input row that was not stored
 
-Writes are atomic: data files are content-addressed (a new version gets a new name), the manifest
-is replaced in one `os.replace`, and only then are unreferenced files removed. A reader that goes
-through the manifest always sees one consistent version, whatever happened to the writer.
+Writes are atomic: price files are content-addressed (a new version gets a new name), every table is
+written to a temporary name and renamed over the old one (`os.replace`), and the manifest is replaced
+last, then unreferenced price files are removed. A reader that goes through the manifest always sees
+one consistent version, whatever happened to the writer. A table whose content did not change is not
+rewritten, so re-ingesting the same data changes no file.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
@@ -24,11 +30,20 @@ import polars as pl
 PRICE_COLUMNS = ["date", "open", "high", "low", "close", "volume"]
 MANIFEST = "manifest.parquet"
 EXOGENOUS = "exogenous.parquet"
+NEWS = "news.parquet"
+QUARANTINE = "quarantine.parquet"
 MAX_TICKER_LEN = 64
+
+MANIFEST_SCHEMA = dict(ticker=pl.String, exchange=pl.String, first_date=pl.Date, last_date=pl.Date,
+                       rows=pl.Int64, missing_sessions=pl.Int64, content_hash=pl.String, file=pl.String)
+QUARANTINE_SCHEMA = dict(file=pl.String, line=pl.Int64, reason=pl.String, raw=pl.String)
+NEWS_SCHEMA = dict(ticker=pl.String, session=pl.Date, published_at=pl.Datetime("us", "UTC"),
+                   headline=pl.String)
+EXOGENOUS_SCHEMA = dict(series=pl.String, date=pl.Date, value=pl.Float64)
 
 
 class StoreError(Exception):
-    """A store that is missing, malformed, or lacks what was asked of it."""
+    """A store or an input that is missing, malformed, or lacks what was asked of it."""
 
 
 def ticker_dir(ticker: str) -> str:
@@ -39,8 +54,15 @@ def ticker_dir(ticker: str) -> str:
 
 
 def content_hash(df: pl.DataFrame) -> str:
-    """A hash of a frame's columns and values (row order included), stable across library versions."""
-    return hashlib.sha256(df.write_csv().encode()).hexdigest()[:16]
+    """A stable hash of a frame's names, types and values (row order included)."""
+    h = hashlib.sha256()
+    for s in df.get_columns():
+        h.update(f"{s.name}:{s.dtype}:{s.null_count()}\n".encode())
+        if s.dtype == pl.String or s.null_count():
+            h.update("\x1f".join(map(str, s.to_list())).encode())
+        else:
+            h.update(s.to_numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def write_atomic(df: pl.DataFrame, path: Path) -> None:
@@ -53,6 +75,20 @@ def write_atomic(df: pl.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _write_table(store: Path, name: str, df: pl.DataFrame) -> bool:
+    """Replace table `name` atomically unless it already holds exactly `df`; True if written."""
+    path = store / name
+    if path.exists() and pl.read_parquet(path).equals(df):
+        return False
+    write_atomic(df, path)
+    return True
+
+
+def _read_table(store: str | Path, name: str, schema: dict) -> pl.DataFrame:
+    path = Path(store) / name
+    return pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=schema)
+
+
 def read_manifest(store: str | Path) -> pl.DataFrame:
     store = Path(store)
     path = store / MANIFEST
@@ -63,41 +99,48 @@ def read_manifest(store: str | Path) -> pl.DataFrame:
     return pl.read_parquet(path)
 
 
-def write_prices(store: str | Path, frames: dict[str, pl.DataFrame], exchange: str = "XNYS") -> pl.DataFrame:
+def write_prices(store: str | Path, frames: dict[str, pl.DataFrame], exchange: str | dict = "XNYS",
+                 missing: dict[str, int] | None = None) -> pl.DataFrame:
     """Add or replace the price history of each ticker in `frames`; returns the new manifest.
 
     Tickers not in `frames` keep their rows. Each frame must hold PRICE_COLUMNS with unique dates.
+    `exchange` is one code or a ticker -> code mapping; `missing` counts missing sessions per ticker.
     """
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
     old = read_manifest(store) if (store / MANIFEST).exists() else None
-    rows = []
+    jobs, rows = [], []
     for ticker, df in frames.items():
         df = df.select(PRICE_COLUMNS).sort("date")
         digest = content_hash(df)
         rel = f"prices/{ticker_dir(ticker)}/{digest}.parquet"
         if not (store / rel).exists():
-            write_atomic(df, store / rel)
-        rows.append(dict(ticker=ticker, exchange=exchange, first_date=df["date"].min(),
-                         last_date=df["date"].max(), rows=df.height, content_hash=digest, file=rel))
-    new = pl.DataFrame(rows, schema=_manifest_schema())
+            jobs.append((df, store / rel))
+        code = exchange.get(ticker, "XNYS") if isinstance(exchange, dict) else exchange
+        rows.append(dict(ticker=ticker, exchange=code, first_date=df["date"].min(),
+                         last_date=df["date"].max(), rows=df.height,
+                         missing_sessions=(missing or {}).get(ticker, 0), content_hash=digest, file=rel))
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        list(pool.map(lambda job: write_atomic(*job), jobs))
+    new = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
     if old is not None:
-        new = pl.concat([old.filter(~pl.col("ticker").is_in(new["ticker"].to_list())), new])
+        old = old.with_columns(pl.lit(0).alias("missing_sessions")) if "missing_sessions" not in old.columns else old
+        old = old.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA)
+        new = pl.concat([old.filter(~pl.col("ticker").is_in(new["ticker"].implode())), new])
     new = new.sort("ticker")
-    write_atomic(new, store / MANIFEST)
+    _write_table(store, MANIFEST, new)
     _remove_unreferenced(store, set(new["file"].to_list()))
     return new
 
 
-def _manifest_schema() -> dict:
-    return dict(ticker=pl.String, exchange=pl.String, first_date=pl.Date, last_date=pl.Date,
-                rows=pl.Int64, content_hash=pl.String, file=pl.String)
-
-
 def _remove_unreferenced(store: Path, keep: set[str]) -> None:
-    for path in (store / "prices").glob("ticker=*/*.parquet"):
-        if path.relative_to(store).as_posix() not in keep:
-            path.unlink()
+    """Delete price files the manifest does not name, and temporaries left by a killed writer."""
+    for path in (store / "prices").glob("ticker=*/*"):
+        rel = path.relative_to(store).as_posix()
+        if rel not in keep and (path.suffix == ".parquet" or path.name.endswith(".tmp")):
+            path.unlink(missing_ok=True)
+    for path in store.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
 
 
 def read_prices(store: str | Path, tickers: list[str] | None = None) -> pl.DataFrame:
@@ -113,11 +156,34 @@ def read_prices(store: str | Path, tickers: list[str] | None = None) -> pl.DataF
     return pl.concat(frames).select(["ticker", *PRICE_COLUMNS])
 
 
-def write_exogenous(store: str | Path, df: pl.DataFrame) -> None:
+def write_exogenous(store: str | Path, df: pl.DataFrame) -> bool:
     """Replace the exogenous table: series, date (session it became known), value."""
-    write_atomic(df.select("series", "date", "value").sort("series", "date"), Path(store) / EXOGENOUS)
+    df = df.select(list(EXOGENOUS_SCHEMA)).cast(EXOGENOUS_SCHEMA).sort("series", "date")
+    return _write_table(Path(store), EXOGENOUS, df)
 
 
 def read_exogenous(store: str | Path) -> pl.DataFrame | None:
     path = Path(store) / EXOGENOUS
     return pl.read_parquet(path) if path.exists() else None
+
+
+def write_news(store: str | Path, df: pl.DataFrame) -> bool:
+    """Replace the news table: ticker (null = market-wide), session, published_at (UTC), headline."""
+    df = df.select(list(NEWS_SCHEMA)).cast(NEWS_SCHEMA).sort("session", "published_at", "ticker",
+                                                             "headline", nulls_last=True)
+    return _write_table(Path(store), NEWS, df)
+
+
+def read_news(store: str | Path) -> pl.DataFrame:
+    return _read_table(store, NEWS, NEWS_SCHEMA)
+
+
+def write_quarantine(store: str | Path, df: pl.DataFrame) -> bool:
+    """Replace the quarantine table: file, line, reason, raw."""
+    df = df.select(list(QUARANTINE_SCHEMA)).cast(QUARANTINE_SCHEMA).sort("file", "line", "reason",
+                                                                         nulls_last=True)
+    return _write_table(Path(store), QUARANTINE, df)
+
+
+def read_quarantine(store: str | Path) -> pl.DataFrame:
+    return _read_table(store, QUARANTINE, QUARANTINE_SCHEMA)

@@ -1,0 +1,237 @@
+"""Read a file or a directory tree of vendor files into typed rows plus quarantined rows.
+
+Files that share a header (the common case: a folder of one vendor's CSVs) are parsed in one polars
+call over their concatenated bodies; the ticker and line number of each row come from per-file row
+counts. Only records that call cannot parse, and files it cannot take (quotes, bad UTF-8, ragged
+lines), go through the careful path in `parse.py`. Both paths give the same rows.
+"""
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from data_pipelines.formats import (EXTENSIONS, FileSpec, FormatError, check_roles, infer_date_format,
+                                    normalise, parse_header, ticker_from_name, ALIASES)
+from data_pipelines.parse import (BAD_SCHEMA, NUMERIC, ROW_SCHEMA, date_expr, records_to_rows,
+                                  split_records, split_reasons, ticker_invalid, with_reasons)
+
+
+@dataclass
+class Source:
+    """One input file: its id (read order), path, ticker from its name, and what went wrong."""
+    file_id: int
+    path: Path
+    ticker: str | None
+    problem: str | None = None
+    ignored_columns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Text:
+    source: Source
+    spec: FileSpec
+    header_line: int           # 1-based line number of the header
+    body: bytes                # everything after the header line
+
+
+def discover(path: str | Path) -> tuple[list[Path], list[Path]]:
+    """(data files in sorted order, other files skipped) under `path`; hidden files are skipped too."""
+    root = Path(path)
+    if not root.exists():
+        from data_pipelines.store import StoreError
+        raise StoreError(f"path {root} does not exist")
+    if root.is_file():
+        return [root], []
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    ok = [p for p in files if p.name.lower().removesuffix(".gz").endswith(EXTENSIONS)
+          and not p.name.startswith(".")]
+    return ok, [p for p in files if p not in set(ok)]
+
+
+def read_sources(paths: list[Path], ticker_pattern: str | None = None, upper: bool = True,
+                 date_format: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame, list[Source]]:
+    """(rows, quarantined, sources): rows follow parse.ROW_SCHEMA, quarantined parse.BAD_SCHEMA."""
+    sources = [Source(i, p, ticker_from_name(p, ticker_pattern, upper)) for i, p in enumerate(paths)]
+    goods, bads, groups = [], [], {}
+    for src in sources:
+        try:
+            if src.path.name.lower().endswith((".parquet", ".pq")):
+                good, bad = _read_parquet(src, upper, date_format)
+                goods.append(good), bads.append(bad)
+                continue
+            text = _open_text(src, date_format)
+        except FormatError as e:
+            src.problem = str(e)
+            bads.append(_reject_all(src, e))
+            continue
+        if text is not None:
+            groups.setdefault(_fast_key(text), []).append(text)
+    for key, texts in groups.items():
+        good, bad = (_fast_group(texts, upper) if key[0] else _careful_many(texts, upper))
+        goods.append(good), bads.append(bad)
+    rows = pl.concat([pl.DataFrame(schema=ROW_SCHEMA), *goods]).sort("file_id", "line")
+    return rows, pl.concat([pl.DataFrame(schema=BAD_SCHEMA), *bads]), sources
+
+
+def _load(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.name.lower().endswith(".gz") else data
+
+
+def _open_text(src: Source, date_format: str | None) -> _Text | None:
+    """Header, spec and body of a text file; None (with `src.problem`) when it has no data rows."""
+    data = _load(src.path)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = data.split(b"\n", 64)
+    k = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+    if k is None:
+        src.problem = "empty file"
+        return None
+    header = lines[k].decode("utf-8", errors="replace").rstrip("\r")
+    body = data.split(b"\n", k + 1)[k + 1] if len(lines) > k + 1 else b""
+    if not body.strip():
+        src.problem = "header only, no data rows"
+        return None
+    spec = parse_header(header)
+    src.ignored_columns = spec.ignored
+    spec.date_format = date_format or infer_date_format(_date_samples(body, spec))
+    return _Text(src, spec, k + 1, body)
+
+
+def _date_samples(body: bytes, spec: FileSpec) -> list[str]:
+    i = spec.roles["date"]
+    lines = body[:8192].decode("utf-8", errors="replace").splitlines()[:50]
+    return [ln.split(spec.delimiter)[i].strip().strip('"') for ln in lines
+            if len(ln.split(spec.delimiter)) > i]
+
+
+def _fast_key(t: _Text) -> tuple:
+    """Files with equal keys are parsed together; key[0] says whether polars can take them whole."""
+    body = t.body
+    clean = b'"' not in body and (body.isascii() or _is_utf8(body))
+    return (clean, t.spec.signature, "ticker" in t.spec.roles)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _fast_group(texts: list[_Text], upper: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Parse the concatenated bodies in one call; fall back per file if the counts do not add up."""
+    bodies = [t.body if t.body.endswith(b"\n") else t.body + b"\n" for t in texts]
+    counts = np.array([b.count(b"\n") for b in bodies])
+    try:
+        df = _polars_read(b"".join(bodies), texts[0].spec)
+    except pl.exceptions.PolarsError:
+        df = None
+    if df is None or df.height != counts.sum():
+        if len(texts) == 1:
+            return _careful_many(texts, upper)
+        parts = [_fast_group([t], upper) for t in texts]
+        return pl.concat([p[0] for p in parts]), pl.concat([p[1] for p in parts])
+    return _finish_fast(df, texts, counts, upper)
+
+
+def _polars_read(buf: bytes, spec: FileSpec) -> pl.DataFrame:
+    names = [f"c{i}" for i in range(len(spec.header))]
+    role_of = {i: r for r, i in spec.roles.items()}
+    schema = {n: (pl.Float64 if role_of.get(i) in NUMERIC else pl.String) for i, n in enumerate(names)}
+    df = pl.read_csv(buf, has_header=False, separator=spec.delimiter, schema=schema, quote_char=None,
+                     columns=sorted(role_of), ignore_errors=True, raise_if_empty=False)
+    return df.rename({f"c{i}": r for i, r in role_of.items()})
+
+
+def _finish_fast(df: pl.DataFrame, texts: list[_Text], counts: np.ndarray,
+                 upper: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    spec = texts[0].spec
+    ids = np.repeat(np.array([t.source.file_id for t in texts], dtype=np.uint32), counts)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    first = np.repeat(np.array([t.header_line + 1 for t in texts]), counts)
+    line = np.arange(len(ids)) - starts + first
+    if "ticker" in spec.roles:
+        tick = pl.col("ticker").str.strip_chars()
+        tick = tick.str.to_uppercase() if upper else tick
+    else:
+        names = pl.Series([t.source.ticker for t in texts], dtype=pl.String)
+        tick = names.gather(np.repeat(np.arange(len(texts)), counts))
+    df = df.with_columns(file_id=pl.Series(ids), line=pl.Series(line), ticker=tick,
+                         date=date_expr(pl.col("date"), spec.date_format))
+    needed = ["date", *[c for c in NUMERIC if c in spec.roles]]
+    suspect = pl.any_horizontal(pl.col(needed).is_null()) | ticker_invalid(pl.col("ticker"))
+    df = df.with_columns(_suspect=suspect)
+    good = df.filter(~pl.col("_suspect")).select(
+        *[(pl.col(c) if c in df.columns else pl.lit(None, pl.Float64)).alias(c) for c in ROW_SCHEMA])
+    redo = df.filter(pl.col("_suspect")).select("file_id", "line")
+    g2, bad = _reparse(redo, {t.source.file_id: t for t in texts}, upper)
+    return pl.concat([good.cast(ROW_SCHEMA), g2]), bad
+
+
+def _reparse(redo: pl.DataFrame, by_id: dict[int, _Text], upper: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Send the records the fast read could not parse through the careful path."""
+    goods, bads = [pl.DataFrame(schema=ROW_SCHEMA)], [pl.DataFrame(schema=BAD_SCHEMA)]
+    for (fid,), part in redo.group_by("file_id", maintain_order=True):
+        t = by_id[fid]
+        lines = t.body.decode("utf-8").split("\n")
+        records = []
+        for ln in part["line"].to_list():
+            raw = lines[ln - t.header_line - 1].rstrip("\r")
+            records += split_records(raw, t.spec.delimiter, first_line=ln)
+        good, bad = records_to_rows(records, t.spec, fid, t.source.ticker, upper)
+        goods.append(good), bads.append(bad)
+    return pl.concat(goods), pl.concat(bads)
+
+
+def _careful_many(texts: list[_Text], upper: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    goods, bads = [pl.DataFrame(schema=ROW_SCHEMA)], [pl.DataFrame(schema=BAD_SCHEMA)]
+    for t in texts:
+        text = t.body.decode("utf-8", errors="replace")
+        records = split_records(text, t.spec.delimiter, first_line=t.header_line + 1)
+        good, bad = records_to_rows(records, t.spec, t.source.file_id, t.source.ticker, upper)
+        goods.append(good), bads.append(bad)
+    return pl.concat(goods), pl.concat(bads)
+
+
+def _reject_all(src: Source, err: FormatError) -> pl.DataFrame:
+    """Every data line of a file that cannot be read as prices, quarantined with the file's reason."""
+    text = _load(src.path).decode("utf-8", errors="replace").lstrip("\ufeff")
+    lines = [(i + 1, ln.rstrip("\r")) for i, ln in enumerate(text.split("\n")) if ln.strip()][1:]
+    reason = str(err).split(":")[0]
+    return pl.DataFrame(dict(file_id=[src.file_id] * len(lines), line=[i for i, _ in lines],
+                             reason=[reason] * len(lines), raw=[ln for _, ln in lines]), schema=BAD_SCHEMA)
+
+
+def _read_parquet(src: Source, upper: bool, date_format: str | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    try:
+        raw = pl.read_parquet(src.path)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a file-level problem
+        src.problem = f"unreadable Parquet: {str(e).splitlines()[0][:120]}"
+        return pl.DataFrame(schema=ROW_SCHEMA), pl.DataFrame(schema=BAD_SCHEMA)
+    roles = {}
+    for i, name in enumerate(raw.columns):
+        role = ALIASES.get(normalise(name))
+        if role and role not in roles:
+            roles[role] = i
+    try:
+        spec = check_roles(FileSpec(",", raw.columns, roles, [c for c in raw.columns if normalise(c) not in ALIASES]))
+    except FormatError as e:
+        src.problem = str(e)
+        bad = raw.select(file_id=pl.lit(src.file_id, pl.UInt32), line=pl.int_range(1, raw.height + 1, dtype=pl.Int64),
+                         reason=pl.lit(str(e).split(":")[0]),
+                         raw=pl.concat_str(pl.all().cast(pl.String).fill_null(""), separator=","))
+        return pl.DataFrame(schema=ROW_SCHEMA), bad.cast(BAD_SCHEMA)
+    src.ignored_columns = spec.ignored
+    text = raw.select([pl.col(raw.columns[i]).cast(pl.String).alias(r) for r, i in roles.items()])
+    spec.date_format = date_format or infer_date_format(text["date"].drop_nulls().head(50).to_list())
+    df = text.with_columns(line=pl.int_range(1, raw.height + 1, dtype=pl.Int64),
+                           raw=pl.concat_str(pl.col(list(roles)).fill_null(""), separator=","),
+                           nfields=pl.lit(len(spec.header)), **{r: pl.col(r).fill_null("") for r in roles})
+    return split_reasons(with_reasons(df, spec, len(spec.header), src.ticker, upper), src.file_id)
