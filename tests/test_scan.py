@@ -84,3 +84,14 @@ def test_chunked_decay_attention_matches_reference(L, chunk):
     for a, b in zip(torch.autograd.grad((y * w).sum(), (q, k, v, log_a)),
                     torch.autograd.grad((y_ref * w).sum(), (q, k, v, log_a))):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_chunked_decay_attention_with_shared_qk():
+    """Mamba-2's single group: q and k with one head broadcast over the heads of v."""
+    from forecast.backbones.ssd import decay_attention_chunked, decay_attention_ref
+
+    g = torch.Generator().manual_seed(7)
+    q, k = torch.randn(2, 1, 11, 4, generator=g), torch.randn(2, 1, 11, 4, generator=g)
+    v, log_a = torch.randn(2, 3, 11, 5, generator=g), -torch.rand(2, 3, 11, generator=g)
+    y_ref, _ = decay_attention_ref(q.expand(2, 3, 11, 4), k.expand(2, 3, 11, 4), v, log_a)
+    torch.testing.assert_close(decay_attention_chunked(q, k, v, log_a, 4), y_ref, rtol=1e-4, atol=1e-5)

@@ -52,15 +52,12 @@ class Mamba2Mixer(nn.Module):
         return x, B, C, dt, dt * -torch.exp(self.A_log)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        Bsz, L, _ = u.shape
         z, xBC, dt = self._split(self.in_proj(u))  # (B, L, E), (B, L, E+2N), (B, L, H)
         xBC = F.silu(causal_conv(xBC, self.conv1d))  # (B, L, E+2N)
         x, B, C, dt, log_a = self._ssd_inputs(xBC, dt)
-        heads = (Bsz, self.n_heads, L, self.d_state)
-        q = C[:, None].expand(heads)  # (B, H, L, N), one group shared by all heads
-        k = B[:, None].expand(heads)
         v = (x * dt[..., None]).transpose(1, 2)  # (B, H, L, P)
-        y = decay_attention_chunked(q, k, v, log_a.transpose(1, 2), self.chunk)  # (B, H, L, P)
+        # one group: C and B (B, 1, L, N) are shared by all heads
+        y = decay_attention_chunked(C[:, None], B[:, None], v, log_a.transpose(1, 2), self.chunk)  # (B, H, L, P)
         y = y.transpose(1, 2) + x * self.D[:, None]  # (B, L, H, P)
         return self.out_proj(self.norm(y.flatten(2), z))  # (B, L, D)
 

@@ -4,7 +4,8 @@
     y_t = q_t S_t
 Mamba-2 is this with q=C, k=B, v=dt*x, log_a=dt*A; linear attention with a decay or gate is
 this with log_a from the config (0 = no decay). Shapes: q, k (B, H, L, K); v (B, H, L, V);
-log_a (B, H, L), all log_a <= 0.
+log_a (B, H, L), all log_a <= 0. In the chunked form q and k may have H=1 (shared by all heads,
+as Mamba-2's B and C are): q k^T is then computed once, not once per head.
 """
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,12 @@ def decay_attention_step(q_t, k_t, v_t, log_a_t, state=None):
     return torch.einsum("bhk,bhkv->bhv", q_t, S), S
 
 
+def _decay(log_a):
+    """exp(log_a), with factors below exp(-60) set to exactly 0: denormal floats are ~100x
+    slower on CPU, and strong decays over a chunk produce them."""
+    return log_a.masked_fill(log_a < -60, float("-inf")).exp()
+
+
 def _pad(x, T):
     """Zero-pad dim 2 (time) of x up to a multiple of T."""
     extra = -x.shape[2] % T
@@ -37,18 +44,18 @@ def _pad(x, T):
 
 def decay_attention_chunked(q, k, v, log_a, chunk: int = 64):
     """Same result as `decay_attention_ref`: quadratic inside chunks, recurrent across them."""
-    Bsz, H, L, _ = q.shape
+    L = v.shape[2]
     T = min(chunk, L)
     q, k, v, log_a = (_pad(t, T) for t in (q, k, v, log_a))  # padded steps come last: no effect
-    n = q.shape[2] // T
-    q, k, v = (t.reshape(Bsz, H, n, T, -1) for t in (q, k, v))  # (B, H, n, T, .)
-    cs = log_a.reshape(Bsz, H, n, T).cumsum(-1)  # (B, H, n, T), decreasing
+    n = v.shape[2] // T
+    q, k, v = (t.reshape(*t.shape[:2], n, T, -1) for t in (q, k, v))  # (B, H or 1, n, T, .)
+    cs = log_a.reshape(*log_a.shape[:2], n, T).cumsum(-1)  # (B, H, n, T), decreasing
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
     seg = (cs[..., :, None] - cs[..., None, :]).masked_fill(~causal, float("-inf"))  # (B, H, n, T, T)
-    y = ((q @ k.transpose(-1, -2)) * seg.exp()) @ v  # within chunks, (B, H, n, T, V)
-    k_end = k * (cs[..., -1:] - cs).exp()[..., None]  # decayed to the chunk's end, (B, H, n, T, K)
+    y = ((q @ k.transpose(-1, -2)) * _decay(seg)) @ v  # within chunks, (B, H, n, T, V)
+    k_end = k * _decay(cs[..., -1:] - cs)[..., None]  # decayed to the chunk's end, (B, H, n, T, K)
     chunk_states = k_end.transpose(-1, -2) @ v  # (B, H, n, K, V)
-    chunk_decay = cs[..., -1].exp()[..., None, None]  # (B, H, n, 1, 1)
+    chunk_decay = _decay(cs[..., -1])[..., None, None]  # (B, H, n, 1, 1)
     S = torch.zeros_like(chunk_states[:, :, 0])  # (B, H, K, V)
     starts = []
     # A loop over chunks, not time steps; unbind (not indexing) keeps its backward linear in n.
@@ -56,5 +63,5 @@ def decay_attention_chunked(q, k, v, log_a, chunk: int = 64):
         starts.append(S)
         S = decay * S + state
     starts = torch.stack(starts, dim=2)  # state entering each chunk, (B, H, n, K, V)
-    y = y + (q * cs.exp()[..., None]) @ starts  # (B, H, n, T, V)
-    return y.reshape(Bsz, H, n * T, -1)[:, :, :L]
+    y = y + (q * _decay(cs)[..., None]) @ starts  # (B, H, n, T, V)
+    return y.flatten(2, 3)[:, :, :L]
