@@ -22,19 +22,28 @@ import polars as pl
 from data_pipelines.store import StoreError
 
 
-@lru_cache(maxsize=16)
-def calendar(code: str, start: dt.date):
-    """The exchange-calendars calendar `code`, starting at `start` or at its bound if later."""
+@lru_cache(maxsize=64)
+def bound(code: str) -> dt.date | None:
+    """The first date calendar `code` can be evaluated from (None: no bound, e.g. XNYS)."""
     import exchange_calendars as xcals
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pandas deprecation notes raised inside exchange-calendars
         if code not in xcals.get_calendar_names():
             raise StoreError(f"unknown exchange {code!r} (use an exchange-calendars code such as XNYS, XLON, XTKS)")
-        bound = type(xcals.get_calendar(code, start="2020-01-01")).bound_min()
-        if bound is not None and start < bound.date():
-            start = bound.date()
-        return xcals.get_calendar(code, start=start.isoformat())
+        first = type(xcals.get_calendar(code, start="2020-01-01")).bound_min()
+    return None if first is None else first.date()
+
+
+@lru_cache(maxsize=16)
+def calendar(code: str, start: dt.date):
+    """The exchange-calendars calendar `code`, starting at `start` or at its bound if later."""
+    import exchange_calendars as xcals
+
+    first = bound(code)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return xcals.get_calendar(code, start=max(start, first or start).isoformat())
 
 
 def sessions(code: str, start: dt.date) -> pl.Series:
@@ -62,7 +71,9 @@ def session_reason(days: dict[str, pl.Series], exchange: pl.Expr) -> pl.Expr:
     """
     ok = pl.lit(False)
     for code, s in days.items():
-        in_cal = pl.col("date").is_in(s.implode()) | ((pl.col("date") < s[0]) & (pl.col("date").dt.weekday() <= 5))
+        in_cal = pl.col("date").is_in(s.implode())
+        if bound(code) is not None:
+            in_cal = in_cal | ((pl.col("date") < bound(code)) & (pl.col("date").dt.weekday() <= 5))
         ok = pl.when(exchange == code).then(in_cal).otherwise(ok)
     return pl.when(ok).then(None).otherwise(pl.lit("not a session"))
 
@@ -71,9 +82,10 @@ def coverage(rows: pl.DataFrame, days: dict[str, pl.Series], exchange: pl.Expr) 
     """Per ticker: exchange, missing_sessions and unchecked rows (dated before the calendar's bound)."""
     out = []
     for code, s in days.items():
+        start = bound(code) or dt.date(1, 1, 1)
         per = (rows.filter(exchange == code).group_by("ticker")
-               .agg(first=pl.col("date").min().clip(s[0]), last=pl.col("date").max(),
-                    checked=(pl.col("date") >= s[0]).sum(), unchecked=(pl.col("date") < s[0]).sum()))
+               .agg(first=pl.col("date").min().clip(start), last=pl.col("date").max(),
+                    checked=(pl.col("date") >= start).sum(), unchecked=(pl.col("date") < start).sum()))
         arr = s.to_numpy()
         lo = np.searchsorted(arr, per["first"].to_numpy())
         hi = np.searchsorted(arr, per["last"].to_numpy(), side="right")

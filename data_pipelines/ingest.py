@@ -104,12 +104,8 @@ def _count_reasons(rep: Report, q: pl.DataFrame, sources) -> None:
 
 
 def _write_quarantine(store: Path, q: pl.DataFrame, sources) -> None:
-    names = {s.file_id: str(s.path.resolve()) for s in sources}
-    q = q.select(pl.col("file_id").replace_strict(names, return_dtype=pl.String).alias("file"),
-                 "line", "reason", "raw")
-    old = st.read_quarantine(store)
-    if old.height or q.height:
-        st.write_quarantine(store, pl.concat([old.filter(~pl.col("file").is_in(list(names.values()))), q]))
+    parts = q.partition_by("file_id", as_dict=True)
+    st.update_quarantine(store, {str(s.path.resolve()): parts.get((s.file_id,), q.clear()) for s in sources})
 
 
 def _store_prices(store: Path, rows: pl.DataFrame, opts: Options, rep: Report) -> None:

@@ -185,5 +185,15 @@ def write_quarantine(store: str | Path, df: pl.DataFrame) -> bool:
     return _write_table(Path(store), QUARANTINE, df)
 
 
+def update_quarantine(store: str | Path, by_file: dict[str, pl.DataFrame]) -> bool:
+    """Replace the quarantined rows of each file in `by_file` (frames of line, reason, raw)."""
+    old = read_quarantine(store)
+    new = [f.select(pl.lit(name).alias("file"), "line", "reason", "raw") for name, f in by_file.items()]
+    kept = old.filter(~pl.col("file").is_in(list(by_file)))
+    if old.height == 0 and not any(f.height for f in new):
+        return False
+    return write_quarantine(store, pl.concat([kept, *[f.cast(QUARANTINE_SCHEMA) for f in new]]))
+
+
 def read_quarantine(store: str | Path) -> pl.DataFrame:
     return _read_table(store, QUARANTINE, QUARANTINE_SCHEMA)
