@@ -1,0 +1,154 @@
+"""Encoders and fusions: shapes and masks, no look-ahead through any of them, modality dropout, and a
+model trained with news that still predicts when the news is absent."""
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from conftest import CONF
+from forecast.encoders.calendar import CalendarEncoder
+from forecast.encoders.exogenous import ExogenousEncoder
+from forecast.encoders.fusion import ConcatFusion, GatedFusion, SumFusion
+from forecast.encoders.news import NewsEncoder, SentenceNewsEncoder
+
+B, L, K, D = 4, 10, 6, 16
+DIMS = dict(n_features=5, n_tickers=4, window=L, n_calendar=23, n_exog=4, n_exog_mask=4, n_news_tokens=K,
+            n_news_weights=K, n_news_emb=384)
+ALL = ["price", "ticker", "calendar", "exogenous", "news", "news_minilm"]
+FUSIONS = ["sum", "concat", "gated"]
+
+
+def fake_batch(seed=0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, 1 << 20, (B, L, K), generator=g, dtype=torch.int32)
+    tokens[torch.rand(B, L, generator=g) < 0.5] = 0  # half of the sessions without news
+    tokens[..., K // 2:] = 0  # padding
+    weights = (tokens > 0).float() / (K // 2)
+    return dict(x=torch.randn(B, L, 5, generator=g), ticker=torch.tensor([0, 1, 2, 3]),
+                calendar=torch.rand(B, L, 23, generator=g), exog=torch.randn(B, L, 4, generator=g),
+                exog_mask=torch.rand(B, L, 4, generator=g) < 0.7, news_tokens=tokens, news_weights=weights,
+                news_emb=torch.randn(B, L, 384, generator=g), news_emb_mask=torch.rand(B, L, generator=g) < 0.5)
+
+
+def _model(fusion="sum", backbone="transformer", modalities=ALL, *extra):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=[f"modalities=[{','.join(modalities)}]", f"model/fusion={fusion}",
+                                          f"model/backbone={backbone}", f"model.d_model={D}", *extra])
+    torch.manual_seed(0)
+    return instantiate(cfg.model, dims=DIMS).eval()
+
+
+def test_encoder_shapes_and_masks():
+    batch = fake_batch()
+    encoders = [CalendarEncoder(DIMS, D), ExogenousEncoder(DIMS, D), NewsEncoder(DIMS, D, n_buckets=64),
+                SentenceNewsEncoder(DIMS, D)]
+    for enc in encoders:
+        e, m = enc(batch)
+        assert e.shape == (B, L, D) and m.shape == (B, L) and m.dtype == torch.bool, type(enc).__name__
+    _, m = ExogenousEncoder(DIMS, D)(batch)
+    assert torch.equal(m, batch["exog_mask"].any(-1))
+    e, m = NewsEncoder(DIMS, D, n_buckets=64)(batch)
+    assert torch.equal(m, (batch["news_tokens"] > 0).any(-1)) and (e[~m] == 0).all() and (e[m] != 0).any()
+
+
+def test_absent_inputs_give_masked_outputs():
+    """A model trained with exogenous series or news can be served a batch without them."""
+    batch = {k: v for k, v in fake_batch().items() if k in ("x", "ticker", "calendar")}
+    for enc in [ExogenousEncoder(DIMS, D), NewsEncoder(DIMS, D), SentenceNewsEncoder(DIMS, D)]:
+        e, m = enc(batch)
+        assert e.shape == (B, L, D) and not m.any()
+
+
+def test_news_encoder_pools_headlines_by_weight():
+    """Two headlines in one session = the mean of the two single-headline sessions' bag vectors."""
+    enc = NewsEncoder(DIMS, D, n_buckets=100)
+    a, b = torch.tensor([5, 6, 7, 0]), torch.tensor([9, 10, 0, 0])
+    bag = lambda ids, w: enc.bag(ids[None], per_sample_weights=w[None])  # noqa: E731
+    va = bag(a, torch.tensor([1 / 3] * 3 + [0]))
+    vb = bag(b, torch.tensor([0.5, 0.5, 0, 0]))
+    both = bag(torch.tensor([5, 6, 7, 9, 10]), torch.tensor([1 / 6] * 3 + [0.25] * 2))
+    assert torch.allclose(both, (va + vb) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_fusion_ignores_masked_steps_and_drops_only_in_training(fusion):
+    model = _model(fusion, "transformer", ALL, "model.fusion.modality_dropout=0.5")
+    batch = fake_batch()
+    parts = {n: enc(batch) for n, enc in model.encoders.items()}
+    out = model.fusion(parts)
+    assert out.shape == (B, L, D) and torch.isfinite(out).all()
+    e, m = parts["news"]
+    noisy = dict(parts, news=(e + 100 * (~m)[..., None], m))  # change only the masked steps
+    assert torch.allclose(model.fusion(noisy), out, atol=1e-6)
+    assert torch.equal(model.fusion(parts), out)  # eval: no dropout
+    model.fusion.train()
+    torch.manual_seed(1)
+    dropped = model.fusion.drop(parts)
+    assert torch.equal(dropped["price"][1], parts["price"][1])  # `keep`: price is never dropped
+    assert any(not torch.equal(dropped[n][1], parts[n][1]) for n in ("calendar", "exogenous", "ticker"))
+
+
+@pytest.mark.parametrize("fusion,backbone", [(f, "transformer") for f in FUSIONS] + [("gated", "mamba")])
+def test_no_look_ahead_through_encoders_fusion_and_backbone(fusion, backbone):
+    """Changing every input after step t changes no output at steps <= t."""
+    model, t = _model(fusion, backbone), 5
+    a, b = fake_batch(0), fake_batch(1)
+    later = {k: torch.cat([a[k][:, :t + 1], b[k][:, t + 1:]], 1) if a[k].dim() > 1 else a[k] for k in a}
+    run = lambda batch: model.backbone(model.fusion({n: enc(batch) for n, enc in model.encoders.items()}))  # noqa
+    ha, hb = run(a), run(later)
+    assert torch.allclose(ha[:, :t + 1], hb[:, :t + 1], atol=1e-5)
+    assert not torch.allclose(ha[:, t + 1:], hb[:, t + 1:], atol=1e-3)
+
+
+def test_every_fusion_and_encoder_composes_with_all_modalities():
+    for fusion in FUSIONS:
+        model = _model(fusion, "lstm")
+        assert list(model.encoders) == ALL
+        y = model(**fake_batch())
+        assert y.shape == (B,) and torch.isfinite(y).all()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train ~20x faster on one thread than on two contended ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_model_trained_with_news_still_predicts_without_news(one_thread):
+    """y = price signal + news sentiment. Trained with modality dropout, the model recovers the price part
+    when news is absent and does better with news present."""
+    torch.manual_seed(0)
+    model = _model("sum", "lstm", ["price", "news"], "model.fusion.modality_dropout=0.3",
+                   "model.encoders.news.n_buckets=64").train()
+    good, bad = 11, 22  # hashed ids of two sentiment words
+
+    def batch(n, g):
+        x = torch.randn(n, L, 5, generator=g)
+        sentiment = torch.randint(-1, 2, (n,), generator=g)  # -1, 0 (no news), +1 at the last step
+        tokens = torch.zeros(n, L, K, dtype=torch.int32)
+        tokens[:, -1, 0] = torch.where(sentiment > 0, good, bad)
+        tokens[sentiment == 0] = 0
+        y = x[:, -1, 0] + 1.5 * sentiment
+        return dict(x=x, ticker=torch.zeros(n, dtype=torch.long), news_tokens=tokens,
+                    news_weights=(tokens > 0).float()), y
+
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        inputs, y = batch(64, g)
+        loss = torch.nn.functional.mse_loss(model(**inputs), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    inputs, y = batch(512, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        with_news = model(**inputs)
+        without = model(x=inputs["x"], ticker=inputs["ticker"])  # no news keys at all
+    corr = lambda p, q: torch.corrcoef(torch.stack([p, q]))[0, 1]  # noqa: E731
+    assert torch.isfinite(without).all()
+    assert corr(without, inputs["x"][:, -1, 0]) > 0.8  # the price part survives
+    assert corr(with_news, y) > corr(without, y) + 0.2  # and news helps when present
