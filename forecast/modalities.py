@@ -45,38 +45,46 @@ def scheduled_sessions(exchange: str, first: np.datetime64, last: np.datetime64)
     return np.setdiff1d(days, np.asarray(holidays.values, dtype="datetime64[D]"))
 
 
+N_CALENDAR = 30
+
+
+def _weekday(d: np.ndarray) -> np.ndarray:
+    return (d.view("int64") + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+
+
 def calendar_features(dates: np.ndarray, exchange: str = "XNYS") -> np.ndarray:
-    """(N, 23) features of session dates: weekday (5) and month (12) one-hot; sessions to the month
-    end, from the month start, to the quarter end; calendar days to / from the nearest regular
-    holiday; extra days of closure before the next session. All scaled to about [0, 1]."""
+    """(N, 30) features of each session and of the next scheduled one (the session a one-step target
+    is realised in): weekday of both (5 + 5) and month (12) one-hot; first / last session of the month
+    (2); sessions to the month end, from the month start, to the quarter end; calendar days to / from
+    the nearest regular holiday; extra days of closure before the next session (6, scaled to ~[0, 1])."""
     d = dates.astype("datetime64[D]")
     sched = scheduled_sessions(exchange, d.min() - 400, d.max() + 400)
     month = d.astype("datetime64[M]")
     quarter_end = (month.astype(int) // 3 * 3 + 3).astype("datetime64[M]").astype("datetime64[D]")
     after = np.searchsorted(sched, d, side="right")  # index of the next scheduled session
+    nxt = sched[np.minimum(after, len(sched) - 1)]
     to_month_end = np.searchsorted(sched, (month + 1).astype("datetime64[D]")) - after
     from_month_start = np.searchsorted(sched, d) - np.searchsorted(sched, month.astype("datetime64[D]"))
     to_quarter_end = np.searchsorted(sched, quarter_end) - after
     weekdays = np.arange(d.min() - 400, d.max() + 400, dtype="datetime64[D]")
     holidays = np.setdiff1d(weekdays[np.is_busday(weekdays)], sched)
-    nxt = np.searchsorted(holidays, d, side="right")
-    to_holiday = (holidays[np.minimum(nxt, len(holidays) - 1)] - d).astype(int)
-    from_holiday = (d - holidays[np.maximum(np.searchsorted(holidays, d) - 1, 0)]).astype(int)
-    gap = (sched[np.minimum(after, len(sched) - 1)] - d).astype(int) - 1
-    dow, mon = (d.astype("datetime64[D]").view("int64") + 3) % 7, month.astype(int) % 12  # Monday = 0
-    onehot = np.concatenate([np.eye(7)[dow][:, :5], np.eye(12)[mon]], axis=1)  # (N, 17)
+    to_holiday = (holidays[np.minimum(np.searchsorted(holidays, d, side="right"), len(holidays) - 1)] - d)
+    from_holiday = d - holidays[np.maximum(np.searchsorted(holidays, d) - 1, 0)]
+    onehot = np.concatenate([np.eye(7)[_weekday(d)][:, :5], np.eye(7)[_weekday(nxt)][:, :5],
+                             np.eye(12)[month.astype(int) % 12]], axis=1)  # (N, 22)
+    flags = np.stack([from_month_start == 0, to_month_end == 0], axis=1)  # (N, 2)
     scaled = np.stack([to_month_end / 21, from_month_start / 21, to_quarter_end / 63,
-                       np.clip(to_holiday, 0, 30) / 30, np.clip(from_holiday, 0, 30) / 30,
-                       np.clip(gap, 0, 6) / 3], axis=1)  # (N, 6)
-    return np.concatenate([onehot, np.clip(scaled, 0, 3)], axis=1).astype(np.float32)
+                       np.clip(to_holiday.astype(int), 0, 30) / 30, np.clip(from_holiday.astype(int), 0, 30) / 30,
+                       np.clip((nxt - d).astype(int) - 1, 0, 6) / 3], axis=1)  # (N, 6)
+    return np.concatenate([onehot, flags, np.clip(scaled, 0, 3)], axis=1).astype(np.float32)
 
 
 def calendar_inputs(frame: pl.DataFrame, store: str, fit_rows: np.ndarray) -> dict[str, torch.Tensor]:
-    """`calendar` (N, 23): known in advance, so causal by construction; nothing is fitted."""
+    """`calendar` (N, 30): known in advance, so causal by construction; nothing is fitted."""
     exchange = dict(read_manifest(store).select("ticker", "exchange").iter_rows())
     codes = np.array([exchange.get(t, "XNYS") for t in frame["ticker"].to_list()])
     dates = frame["date"].to_numpy().astype("datetime64[D]")
-    out = np.zeros((frame.height, 23), dtype=np.float32)
+    out = np.zeros((frame.height, N_CALENDAR), dtype=np.float32)
     for code in np.unique(codes):
         rows = codes == code
         out[rows] = calendar_features(dates[rows], code)
@@ -149,11 +157,11 @@ def news_table(store: str) -> pl.DataFrame:
                            "close": cal.closes.dt.tz_convert(None).to_numpy()})  # UTC
     closes = closes.with_columns(pl.col("close").dt.replace_time_zone("UTC"))
     checked = news.join(closes, on="session", how="left")
-    late = checked.filter(pl.col("published_at") > pl.col("close"))
+    late = checked.filter(pl.col("published_at") >= pl.col("close"))
     if late.height:
         r = late.row(0, named=True)
         raise UserError(f"{Path(store) / 'news.parquet'}: headline {r['headline']!r} published {r['published_at']} "
-                        f"is after the close of its session {r['session']} ({late.height} such rows)")
+                        f"is not before the close of its session {r['session']} ({late.height} such rows)")
     return news
 
 

@@ -12,7 +12,7 @@ from forecast.encoders.fusion import ConcatFusion, GatedFusion, SumFusion
 from forecast.encoders.news import NewsEncoder, SentenceNewsEncoder
 
 B, L, K, D = 4, 10, 6, 16
-DIMS = dict(n_features=5, n_tickers=4, window=L, n_calendar=23, n_exog=4, n_exog_mask=4, n_news_tokens=K,
+DIMS = dict(n_features=5, n_tickers=4, window=L, n_calendar=30, n_exog=4, n_exog_mask=4, n_news_tokens=K,
             n_news_weights=K, n_news_emb=384)
 ALL = ["price", "ticker", "calendar", "exogenous", "news", "news_minilm"]
 FUSIONS = ["sum", "concat", "gated"]
@@ -25,7 +25,7 @@ def fake_batch(seed=0) -> dict:
     tokens[..., K // 2:] = 0  # padding
     weights = (tokens > 0).float() / (K // 2)
     return dict(x=torch.randn(B, L, 5, generator=g), ticker=torch.tensor([0, 1, 2, 3]),
-                calendar=torch.rand(B, L, 23, generator=g), exog=torch.randn(B, L, 4, generator=g),
+                calendar=torch.rand(B, L, 30, generator=g), exog=torch.randn(B, L, 4, generator=g),
                 exog_mask=torch.rand(B, L, 4, generator=g) < 0.7, news_tokens=tokens, news_weights=weights,
                 news_emb=torch.randn(B, L, 384, generator=g), news_emb_mask=torch.rand(B, L, generator=g) < 0.5)
 

@@ -8,7 +8,8 @@ import polars as pl
 import pytest
 import torch
 
-from data_pipelines.store import write_exogenous, write_news, write_prices
+from data_pipelines.news import ingest_news
+from data_pipelines.store import NEWS_SCHEMA, write_exogenous, write_news, write_prices
 from forecast.data import MarketData
 from forecast.errors import UserError
 from forecast.modalities import calendar_features, ngram_ids
@@ -20,8 +21,8 @@ ALL = ["price", "ticker", "calendar", "exogenous", "news"]
 
 
 def _session_of(published: datetime) -> date:
-    """The first session whose close is at or after `published` (the store's news rule)."""
-    return next(s for s in SESSIONS if CLOSES[s] >= published)
+    """The first session whose close is after `published` (the ingest's rule, data_pipelines.news)."""
+    return next(s for s in SESSIONS if CLOSES[s] > published)
 
 
 def _news(rng, n=120, tickers=("AAA", "BBB", None)) -> pl.DataFrame:
@@ -84,11 +85,11 @@ def store(tmp_path_factory):
 def test_shapes_masks_and_dims(store):
     dm = _dm(store)
     n = dm.frame.height
-    assert dm.inputs["calendar"].shape == (n, 23)
+    assert dm.inputs["calendar"].shape == (n, 30)
     assert dm.inputs["exog"].shape == dm.inputs["exog_mask"].shape == (n, 4)  # 2 series x (level, change)
     assert dm.inputs["news_tokens"].shape == dm.inputs["news_weights"].shape
     assert dm.inputs["news_tokens"].shape[0] == n and dm.inputs["news_tokens"].dtype == torch.int32
-    assert dm.dims["n_calendar"] == 23 and dm.dims["n_exog"] == 4
+    assert dm.dims["n_calendar"] == 30 and dm.dims["n_exog"] == 4
     # the daily series starts at session 5: masked before it, known after
     first = dm.frame["date"].to_numpy().astype("datetime64[D]") < np.datetime64(SESSIONS[5])
     assert not dm.inputs["exog_mask"][first, 0].any() and dm.inputs["exog_mask"][~first, 0].all()
@@ -98,7 +99,7 @@ def test_shapes_masks_and_dims(store):
     has = (dm.inputs["news_tokens"] > 0).any(-1)
     assert has.any() and torch.allclose(w[has], torch.ones(int(has.sum())), atol=1e-5) and (w[~has] == 0).all()
     batch = dm.dataset("train")[[0, 1, 2]]
-    assert batch["calendar"].shape == (3, 8, 23) and batch["news_tokens"].shape[:2] == (3, 8)
+    assert batch["calendar"].shape == (3, 8, 30) and batch["news_tokens"].shape[:2] == (3, 8)
 
 
 def test_no_look_ahead_in_any_modality(store, tmp_path):
@@ -116,21 +117,24 @@ def test_no_look_ahead_in_any_modality(store, tmp_path):
 
 
 def test_news_after_the_close_lands_in_the_next_session(tmp_path):
+    """Through the ingest's session rule: after-close news is an input of the next session's row only."""
     store = make_store(tmp_path / "s")
-    day, nxt = date(2020, 3, 5), date(2020, 3, 6)
-    items = [("AAA", datetime(2020, 3, 5, 22, 30, tzinfo=timezone.utc), "zebra after close"),  # 17:30 ET
-             ("AAA", datetime(2020, 3, 5, 15, 0, tzinfo=timezone.utc), "yak during session"),
-             (None, datetime(2020, 3, 5, 23, 0, tzinfo=timezone.utc), "walrus market wide")]
-    news = pl.DataFrame([dict(ticker=t, session=_session_of(p), published_at=p, headline=h) for t, p, h in items])
-    write_news(store, news)
+    write_news(store, pl.DataFrame(schema=NEWS_SCHEMA))
+    csv = tmp_path / "news.csv"
+    csv.write_text("ticker,published_at,headline\n"
+                   "AAA,2020-03-05T22:30:00Z,zebra after close\n"  # 17:30 New York
+                   "AAA,2020-03-05T15:00:00Z,yak during session\n"
+                   ",2020-03-05T23:00:00Z,walrus market wide\n")
+    ingest_news(csv, store)
     dm = _dm(store, ["price", "news"])
-    ids = {h.split()[0]: ngram_ids(h)[0] for _, _, h in items}
+    ids = {w: ngram_ids(w)[0] for w in ("zebra", "yak", "walrus")}
     rows = dm.frame.with_row_index("i")
 
     def words(ticker, d):
         i = rows.filter((pl.col("ticker") == ticker) & (pl.col("date") == d))["i"].item()
         return {w for w, k in ids.items() if k in set(dm.inputs["news_tokens"][i].tolist())}
 
+    day, nxt = date(2020, 3, 5), date(2020, 3, 6)
     assert words("AAA", day) == {"yak"} and words("AAA", nxt) == {"zebra", "walrus"}
     assert words("BBB", day) == set() and words("BBB", nxt) == {"walrus"}
 
@@ -140,7 +144,7 @@ def test_news_published_after_its_session_close_is_refused(tmp_path):
     late = datetime(2020, 3, 5, 22, 30, tzinfo=timezone.utc)
     write_news(store, pl.DataFrame([dict(ticker="AAA", session=date(2020, 3, 5), published_at=late,
                                          headline="leaked into the wrong session")]))
-    with pytest.raises(UserError, match="after the close"):
+    with pytest.raises(UserError, match="before the close"):
         _dm(store, ["price", "news"])
 
 
@@ -165,8 +169,11 @@ def test_calendar_features_on_known_dates():
     d = np.array(["2020-07-02", "2020-07-06", "2020-06-30", "2020-06-01", "2020-09-30"], dtype="datetime64[D]")
     f = calendar_features(d)
     assert f[0, 3] == 1 and f[1, 0] == 1  # Thursday, Monday
-    assert f[0, 5 + 6] == 1  # July
-    to_month_end, from_start, to_q_end, to_hol, from_hol, gap = f[:, 17:].T
+    assert f[0, 5 + 0] == 1 and f[2, 5 + 2] == 1  # the next session: Monday July 6th; Wednesday July 1st
+    assert f[0, 10 + 6] == 1  # July
+    first, last = f[:, 22:24].T
+    assert last[2] == 1 and first[3] == 1 and first[0] == last[0] == 0
+    to_month_end, from_start, to_q_end, to_hol, from_hol, gap = f[:, 24:].T
     assert to_hol[0] * 30 == 1 and gap[0] * 3 == 3  # July 3rd 2020 was the observed holiday: closed to the 6th
     assert from_hol[1] * 30 == 3
     assert to_month_end[2] == 0 and to_q_end[2] == 0 and to_q_end[4] == 0  # last sessions of June, Q3

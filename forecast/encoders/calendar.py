@@ -11,7 +11,7 @@ class CalendarEncoder(nn.Module):
 
     def __init__(self, dims: dict, d_model: int, hidden: int = 64, dropout: float = 0.0):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dims.get("n_calendar", 23), hidden), nn.GELU(),
+        self.mlp = nn.Sequential(nn.Linear(dims.get("n_calendar", 30), hidden), nn.GELU(),
                                  nn.Dropout(dropout), nn.Linear(hidden, d_model))
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
