@@ -69,13 +69,20 @@ def test_mamba_keeps_mamba_ssm_parameter_names():
     assert {"in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "D", "out_proj"} <= names
 
 
-def test_mamba_impls_agree_and_share_weights():
+def test_torch_and_compiled_paths_agree_and_share_weights():
     """The chunked PyTorch path and the C kernel give one model: same weights, same outputs."""
-    from forecast.backbones import cpu_scan
+    from forecast.backbones import cpu_kernels
 
-    if not cpu_scan.available():
-        pytest.skip("no C compiler for the CPU kernel")
-    torch_path, kernel = build("mamba", impl="torch"), build("mamba", impl="cpu")
-    kernel.load_state_dict(torch_path.state_dict())
-    x = torch.randn(2, 13, D_MODEL)
-    torch.testing.assert_close(kernel(x), torch_path(x), rtol=1e-4, atol=1e-5)
+    if not cpu_kernels.available():
+        pytest.skip("no C compiler for the CPU kernels")
+    for name in ("mamba", "mamba2"):
+        torch_path, kernel = build(name, impl="torch"), build(name, impl="cpu")
+        kernel.load_state_dict(torch_path.state_dict())
+        x = torch.randn(2, 13, D_MODEL, requires_grad=True)
+        y_t, y_k = torch_path(x), kernel(x)
+        torch.testing.assert_close(y_k, y_t, rtol=1e-4, atol=1e-5)
+        w = torch.randn_like(y_t)
+        g_t = torch.autograd.grad((y_t * w).sum(), [x, *torch_path.parameters()])
+        g_k = torch.autograd.grad((y_k * w).sum(), [x, *kernel.parameters()])
+        for a, b in zip(g_k, g_t):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

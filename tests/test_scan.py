@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from forecast.backbones import cpu_scan
+from forecast.backbones import cpu_kernels
 from forecast.backbones.scan import (selective_scan, selective_scan_chunked, selective_scan_fused,
                                      selective_scan_ref)
 
 FAST = [selective_scan_chunked]
-if cpu_scan.available():  # needs a C compiler; without one, auto falls back to the chunked path
+if cpu_kernels.available():  # needs a C compiler; without one, auto falls back to the chunked path
     FAST.append(selective_scan_fused)
 
 SHAPES = [  # (batch, channels, state, length, chunk): L=1, L < chunk, L not a multiple of chunk
@@ -95,3 +95,22 @@ def test_chunked_decay_attention_with_shared_qk():
     v, log_a = torch.randn(2, 3, 11, 5, generator=g), -torch.rand(2, 3, 11, generator=g)
     y_ref, _ = decay_attention_ref(q.expand(2, 3, 11, 4), k.expand(2, 3, 11, 4), v, log_a)
     torch.testing.assert_close(decay_attention_chunked(q, k, v, log_a, 4), y_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler for the CPU kernels")
+@pytest.mark.parametrize("L", [1, 2, 9])
+def test_compiled_causal_conv_matches_torch_conv1d(L):
+    from forecast.backbones.block import causal_conv
+
+    torch.manual_seed(L)
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3)
+    x = torch.randn(2, L, 6, requires_grad=True)
+    ref = torch.nn.functional.silu(conv(x.transpose(1, 2))[..., :L].transpose(1, 2))  # (B, L, C)
+    for fused in (False, True):
+        y = causal_conv(x, conv, fused=fused)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+        w = torch.randn_like(y)
+        grads = torch.autograd.grad((y * w).sum(), (x, conv.weight, conv.bias))
+        ref_grads = torch.autograd.grad((ref * w).sum(), (x, conv.weight, conv.bias), retain_graph=True)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -50,14 +50,15 @@ class MambaMixer(nn.Module):
         return delta.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)  # (B, E, L), (B, N, L) x2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        impl = resolve_impl(self.impl, x)
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
-        x = F.silu(causal_conv(x, self.conv1d))  # (B, L, E)
+        x = causal_conv(x, self.conv1d, fused=impl == "cpu")  # (B, L, E)
         delta, B, C = self._ssm_inputs(x)
-        x = x.transpose(1, 2)  # (B, E, L)
+        x = x.transpose(1, 2)  # (B, E, L) view; the CPU kernel reads it channels-last, copy-free
         A = -torch.exp(self.A_log.float())  # (E, N)
         y = selective_scan(x, delta, A, B, C, self.D.float(), z.transpose(1, 2),
                            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-                           impl=self.impl, chunk=self.chunk)  # (B, E, L)
+                           impl=impl, chunk=self.chunk)  # (B, E, L)
         return self.out_proj(y.transpose(1, 2))  # (B, L, D)
 
     def step(self, x_t: torch.Tensor, state=None):

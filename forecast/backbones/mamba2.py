@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from forecast.backbones.block import Stack, causal_conv
+from forecast.backbones.scan import resolve_impl
 from forecast.backbones.ssd import decay_attention_chunked, decay_attention_step
 
 
@@ -24,13 +25,14 @@ class Mamba2Mixer(nn.Module):
     """in_proj -> causal conv over (x, B, C) -> SSD over heads -> gated norm -> out_proj."""
 
     def __init__(self, d_model: int, d_state: int = 64, d_conv: int = 4, expand: int = 2,
-                 headdim: int = 64, chunk: int = 64, dt_min: float = 1e-3, dt_max: float = 0.1):
+                 headdim: int = 64, chunk: int = 64, impl: str = "auto", dt_min: float = 1e-3,
+                 dt_max: float = 0.1):
         super().__init__()
         d_inner = expand * d_model
         if d_inner % headdim:
             raise ValueError(f"expand*d_model={d_inner} is not divisible by headdim={headdim}")
         self.d_inner, self.d_state, self.d_conv = d_inner, d_state, d_conv
-        self.n_heads, self.headdim, self.chunk = d_inner // headdim, headdim, chunk
+        self.n_heads, self.headdim, self.chunk, self.impl = d_inner // headdim, headdim, chunk, impl
         conv_dim = d_inner + 2 * d_state
         self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * d_state + self.n_heads, bias=False)
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1)
@@ -52,8 +54,9 @@ class Mamba2Mixer(nn.Module):
         return x, B, C, dt, dt * -torch.exp(self.A_log)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        fused = resolve_impl(self.impl, u) == "cpu"  # the compiled causal conv
         z, xBC, dt = self._split(self.in_proj(u))  # (B, L, E), (B, L, E+2N), (B, L, H)
-        xBC = F.silu(causal_conv(xBC, self.conv1d))  # (B, L, E+2N)
+        xBC = causal_conv(xBC, self.conv1d, fused)  # (B, L, E+2N)
         x, B, C, dt, log_a = self._ssd_inputs(xBC, dt)
         v = (x * dt[..., None]).transpose(1, 2)  # (B, H, L, P)
         # one group: C and B (B, 1, L, N) are shared by all heads
@@ -79,6 +82,6 @@ class Mamba2(Stack):
     """Stack of Mamba-2 blocks (mixer only, as in the paper) with a final norm."""
 
     def __init__(self, d_model: int, n_layers: int = 2, dropout: float = 0.0, d_state: int = 64,
-                 d_conv: int = 4, expand: int = 2, headdim: int = 64, chunk: int = 64):
-        mixers = [Mamba2Mixer(d_model, d_state, d_conv, expand, headdim, chunk) for _ in range(n_layers)]
+                 d_conv: int = 4, expand: int = 2, headdim: int = 64, chunk: int = 64, impl: str = "auto"):
+        mixers = [Mamba2Mixer(d_model, d_state, d_conv, expand, headdim, chunk, impl) for _ in range(n_layers)]
         super().__init__(d_model, mixers, dropout)

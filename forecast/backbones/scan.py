@@ -142,10 +142,20 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
 
 def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                          delta_softplus=False, return_last_state=False, chunk=64):
-    """The compiled CPU kernel (float32, CPU tensors); same result as `selective_scan_ref`."""
-    from forecast.backbones.cpu_scan import FusedScan
+    """The compiled CPU kernel (float32, CPU tensors); same result as `selective_scan_ref`.
 
-    return _with_core(FusedScan, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk)
+    It works channels-last: when u, delta, z (B, D, L) and B, C (B, N, L) are transposed views of
+    (B, L, .) tensors, as in the Mamba block, no copy is made.
+    """
+    from forecast.backbones.cpu_kernels import FusedScan
+
+    def last(t):
+        return None if t is None else t.transpose(1, 2).contiguous()  # (B, L, .)
+
+    y, h = FusedScan.apply(last(u), last(delta), A.contiguous(), last(B), last(C), D, last(z),
+                           delta_bias, delta_softplus, chunk)
+    y = y.transpose(1, 2)  # (B, D, L) view
+    return (y, h) if return_last_state else y
 
 
 # --- dispatch ----------------------------------------------------------------------
@@ -164,18 +174,18 @@ def cuda_kernels():
 
 
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
-    """'cuda' (mamba-ssm kernels), 'cpu' (compiled C kernel) or 'torch' (chunked PyTorch).
+    """'cuda' (mamba-ssm kernels), 'cpu' (compiled C kernels) or 'torch' (chunked PyTorch).
 
     auto: the CUDA kernels for GPU tensors when installed; the C kernel for float32 CPU tensors
     when a C compiler is found; else PyTorch. Forcing an unavailable impl raises.
     """
-    from forecast.backbones import cpu_scan
+    from forecast.backbones import cpu_kernels
 
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "cuda":
         cuda_kernels()
-    if impl == "cpu" and not cpu_scan.available():
+    if impl == "cpu" and not cpu_kernels.available():
         raise RuntimeError("impl=cpu needs a C compiler (cc, or $CC) to build the CPU scan kernel")
     if impl != "auto":
         return impl
@@ -185,7 +195,7 @@ def resolve_impl(impl: str, x: torch.Tensor) -> str:
             return "cuda"
         except RuntimeError:
             return "torch"
-    return "cpu" if x.dtype == torch.float32 and not x.is_cuda and cpu_scan.available() else "torch"
+    return "cpu" if x.dtype == torch.float32 and not x.is_cuda and cpu_kernels.available() else "torch"
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
