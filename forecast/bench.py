@@ -6,6 +6,7 @@ to a JSON list (`out`) and a Markdown table beside it. Standalone:
 backbones(OmegaConf.load('conf/bench_backbones.yaml'))"
 """
 import json
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -46,25 +47,33 @@ def _reset_peak():
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def measure_train(label: str, spec: dict, length: int, cfg: dict) -> dict:
-    """Forward+backward of one batch: best time over repeats, and peak extra memory."""
+def _setup(cfg: dict):
     torch.manual_seed(0)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+
+
+def measure_train(label: str, spec: dict, length: int, cfg: dict) -> dict:
+    """Forward+backward of one batch: best time over repeats (wall and CPU), and peak extra memory."""
+    _setup(cfg)
     model = build(label, spec, cfg["d_model"], cfg["n_layers"])
     x = torch.randn(cfg["batch"], length, cfg["d_model"])
     model(x[:, :8]).sum().backward()  # warm-up: kernel build, allocator
     base = _rss_mb("VmRSS")
     _reset_peak()
-    times = []
+    load, times = os.getloadavg()[0], []
     for _ in range(cfg["repeats"] + 1):
         model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model(x).sum().backward()
-        times.append(time.perf_counter() - start)
-        if times[-1] > cfg["max_seconds"]:
+        times.append((time.perf_counter() - start, time.process_time() - cpu))
+        if times[-1][0] > cfg["max_seconds"]:
             break
-    best = min(times[1:] or times)  # the first run is a warm-up unless it was too slow to repeat
-    return {"backbone": label, "length": length, "mode": "train", "seconds": best,
-            "tokens_per_s": cfg["batch"] * length / best, "peak_mem_mb": _rss_mb("VmHWM") - base}
+    wall, cpu = min(times[1:] or times)  # the first run is a warm-up unless it was too slow to repeat
+    tokens = cfg["batch"] * length
+    return {"backbone": label, "length": length, "mode": "train", "seconds": wall, "tokens_per_s": tokens / wall,
+            "tokens_per_cpu_s": tokens / cpu, "peak_mem_mb": _rss_mb("VmHWM") - base,
+            "threads": torch.get_num_threads(), "load_avg": load}
 
 
 def _timed(fn, n: int) -> float:
@@ -80,7 +89,7 @@ def _timed(fn, n: int) -> float:
 @torch.inference_mode()
 def measure_step(label: str, spec: dict, cfg: dict) -> dict:
     """One new bar through `step` after `step_history` bars, against re-running the whole window."""
-    torch.manual_seed(0)
+    _setup(cfg)
     model = build(label, spec, cfg["d_model"], cfg["n_layers"]).eval()
     L = cfg["step_history"]
     x = torch.randn(cfg["batch"], L + 1, cfg["d_model"])
@@ -116,7 +125,13 @@ def markdown(records: list[dict]) -> str:
         speed += f"| {b} | " + " | ".join(
             "—" if r is None else f"{_fmt(r['tokens_per_s'])} ({r['vs_transformer']:.2f}x)" for r in rs) + " |\n"
         mem += f"| {b} | " + " | ".join("—" if r is None else f"{r['peak_mem_mb']:.0f}" for r in rs) + " |\n"
-    out = f"Forward+backward tokens/s (ratio to the Transformer):\n\n{speed}\nPeak extra memory, MB:\n\n{mem}"
+    cpu = head
+    for b in labels:
+        rs = [cell.get((b, n)) for n in lengths]
+        cpu += f"| {b} | " + " | ".join("—" if r is None else _fmt(r["tokens_per_cpu_s"]) for r in rs) + " |\n"
+    out = (f"Forward+backward tokens/s, wall clock (ratio to the Transformer):\n\n{speed}\n"
+           f"Tokens per CPU-second (less sensitive to other load on the machine):\n\n{cpu}\n"
+           f"Peak extra memory, MB:\n\n{mem}")
     steps = [r for r in records if r["mode"] == "step"]
     if steps:
         out += f"\nOne new bar after {steps[0]['length']} bars: `step` against re-running the window:\n\n"

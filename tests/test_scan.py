@@ -114,3 +114,13 @@ def test_compiled_causal_conv_matches_torch_conv1d(L):
         ref_grads = torch.autograd.grad((ref * w).sum(), (x, conv.weight, conv.bias), retain_graph=True)
         for a, b in zip(grads, ref_grads):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_falls_back_to_pytorch_without_a_compiler(monkeypatch):
+    from forecast.backbones.scan import resolve_impl
+
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    x = torch.zeros(1, 2, 3)
+    assert resolve_impl("auto", x) == "torch"
+    with pytest.raises(RuntimeError, match="impl=cpu needs a C compiler"):
+        resolve_impl("cpu", x)

@@ -14,6 +14,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -43,13 +44,16 @@ def _library():
     key = hashlib.sha256((SOURCE + " ".join(FLAGS)).encode()).hexdigest()[:16]
     lib = _cache_dir() / f"forecast_kernels_{key}.so"
     if not lib.exists():
-        src, tmp = lib.with_suffix(".c"), lib.with_suffix(f".{os.getpid()}.tmp")
+        src, tmp = lib.with_suffix(f".{os.getpid()}.c"), lib.with_suffix(f".{os.getpid()}.tmp")
         src.write_text(SOURCE)
         try:
             subprocess.run([os.environ.get("CC", "cc"), *FLAGS, str(src), "-o", str(tmp), "-lm"],
                            check=True, capture_output=True)
-        except (OSError, subprocess.CalledProcessError):
+        except (OSError, subprocess.CalledProcessError) as err:
+            warnings.warn(f"no CPU kernels (C compiler failed: {err}); Mamba uses the slower PyTorch scan")
             return None
+        finally:
+            src.unlink(missing_ok=True)
         tmp.replace(lib)  # atomic: a concurrent build never loads a half-written file
     dll = ctypes.CDLL(str(lib))
     for name, args in SIGNATURES.items():
