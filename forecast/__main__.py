@@ -6,11 +6,13 @@ exit with code 2. Heavy imports happen only inside the command that needs them.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 from pathlib import Path
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
+COMMAND_ENV = "FORECAST_COMMAND"  # DDP workers are re-launched with the overrides only
 # command -> (config name in conf/, "module:function")
 COMMANDS = {
     "train": ("train", "forecast.train:train"),
@@ -106,6 +108,8 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
+    if argv[0] not in {c.split()[0] for c in COMMANDS} and "LOCAL_RANK" in os.environ:
+        argv = [*os.environ[COMMAND_ENV].split(), *argv]  # a DDP worker re-launched by Lightning
     command = " ".join(argv[:2]) if argv[0] == "bench" and len(argv) > 1 else argv[0]
     if command not in COMMANDS:
         fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
@@ -115,6 +119,7 @@ def main(argv: list[str]) -> None:
         validate(config_name, [o for o in overrides if o not in ("-m", "--multirun")])
     import hydra
 
+    os.environ[COMMAND_ENV] = command
     sys.argv = [f"forecast {command}", *overrides]
     hydra.main(config_path=CONF, config_name=config_name, version_base="1.3")(make_task(target))()
 

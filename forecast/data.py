@@ -15,7 +15,7 @@ import lightning as L
 import numpy as np
 import polars as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data_pipelines.store import read_prices
 from forecast.errors import ConfigError, UserError
@@ -90,11 +90,43 @@ class WindowDataset(Dataset):
         return dict(windows, ticker=self.ticker[a], y=self.target[a], row=a)
 
 
+class EpochBatchSampler(Sampler):
+    """Batches of sample indices; the shuffle is a function of (seed, epoch) only, so a run resumed
+    from a checkpoint sees the same order as an uninterrupted one. Under DDP each rank takes every
+    `world_size`-th sample of the permutation (padded to equal length), so no sample is seen twice."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, shard: bool = True):
+        self.n, self.batch_size, self.shuffle, self.seed, self.epoch = n, batch_size, shuffle, seed, 0
+        dist = shard and torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if dist else 0
+        self.world = torch.distributed.get_world_size() if dist else 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        if not self.shuffle:
+            idx = torch.arange(self.n)
+        else:
+            idx = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        if self.world > 1:
+            per_rank = -(-self.n // self.world)
+            idx = torch.cat([idx, idx[: per_rank * self.world - self.n]])[self.rank::self.world]
+        return idx
+
+    def __iter__(self):
+        yield from (b.tolist() for b in self._indices().split(self.batch_size))
+
+    def __len__(self) -> int:
+        return -(-(-(-self.n // self.world)) // self.batch_size)
+
+
 class MarketData(L.LightningDataModule):
     def __init__(self, store: str, tickers: list[str] | None = None, window: int = 64, horizon: int = 1,
                  purge: int | None = None, val_start: str | None = None, test_start: str | None = None,
                  val_frac: float = 0.15, test_frac: float = 0.15, batch_size: int = 128, num_workers: int = 0,
-                 modalities: list[str] = ("price",), train_start: str | None = None, test_end: str | None = None):
+                 modalities: list[str] = ("price",), train_start: str | None = None, test_end: str | None = None,
+                 seed: int = 0):
         super().__init__()
         purge = horizon if purge is None else purge
         for key, value, low in [("window", window, 2), ("horizon", horizon, 1), ("batch_size", batch_size, 1),
@@ -107,7 +139,7 @@ class MarketData(L.LightningDataModule):
         self.store, self.tickers = store, None if tickers is None else [str(t) for t in tickers]
         self.window, self.horizon, self.purge, self.batch_size = window, horizon, purge, batch_size
         self.bounds = (val_start, test_start, val_frac, test_frac)
-        self.num_workers = num_workers
+        self.num_workers, self.seed = num_workers, seed
         self.modalities = [str(m) for m in modalities]
         unknown = sorted(set(self.modalities) - set(known_modalities()))
         _check(not unknown, "modalities", f"unknown {unknown}; known: {known_modalities()}")
@@ -178,10 +210,12 @@ class MarketData(L.LightningDataModule):
         return WindowDataset(self.inputs, self.ticker_ids, self.targets, self.anchors[split], self.window)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        """Train and val batches are sharded across DDP ranks; test batches never (rank 0 tests alone)."""
         ds = self.dataset(split)
-        sampler = RandomSampler(ds) if shuffle else SequentialSampler(ds)
-        return DataLoader(ds, batch_size=None, sampler=BatchSampler(sampler, self.batch_size, drop_last=False),
-                          num_workers=self.num_workers)
+        sampler = EpochBatchSampler(len(ds), self.batch_size, shuffle=shuffle, seed=self.seed, shard=split != "test")
+        if self.trainer is not None:  # Lightning iterates a resumed epoch before it calls set_epoch
+            sampler.set_epoch(self.trainer.current_epoch)
+        return DataLoader(ds, batch_size=None, sampler=sampler, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

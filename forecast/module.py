@@ -41,7 +41,7 @@ class Forecaster(L.LightningModule):
         inputs = {k: v for k, v in batch.items() if k not in ("y", "row")}
         loss = self.head.loss(self(**inputs), batch["y"])
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=len(batch["y"]))
+                 batch_size=len(batch["y"]), sync_dist=True)
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -1,58 +1,113 @@
 """train(cfg): seed; build data, model, trainer and logger from config; fit; forecast the test split;
-score it beside the naive baselines; log everything to one MLflow run; return the validation loss."""
+score it beside the naive baselines; log everything to one MLflow run; return the validation loss
+(what a sweeper optimises: never a test metric)."""
 from __future__ import annotations
 
 import math
-import tempfile
-from pathlib import Path
+import os
+import time
 
 import lightning as L
-import matplotlib
 import mlflow
 import polars as pl
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from forecast.baselines import BASELINES
+from forecast.checkpoint import AtomicCheckpointIO, resume_target
 from forecast.errors import ConfigError
 from forecast.metrics import point_metrics
+from forecast.registry import promote
+from forecast.sweep import PARENT_RUN_ENV
+from forecast.tracking import log_artifacts, log_config
+from forecast.transfer import load_pretrained
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
 
 
 def train(cfg: DictConfig) -> float:
+    mlflow.set_tracking_uri(cfg.logger.tracking_uri)
+    experiment = mlflow.set_experiment(cfg.logger.experiment_name)
+    run_id, ckpt = None, None
+    if cfg.get("resume"):
+        run_id, ckpt = resume_target(MlflowClient(), experiment.experiment_id, str(cfg.resume),
+                                     cfg.trainer.default_root_dir)
+        cfg = stored_config(run_id, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = build_data(cfg)
+    model = instantiate(cfg.model, dims=dm.dims)
+    if cfg.get("init_from") and ckpt is None:
+        print(load_pretrained(model, str(cfg.init_from), list(cfg.get("freeze") or [])))
+    if os.environ.get("LOCAL_RANK", "0") != "0":  # a DDP worker: it trains, rank 0 logs and tests
+        fit(cfg, dm, model, None, None)
+        return math.nan
+    parent = os.environ.get(PARENT_RUN_ENV)
+    with mlflow.start_run(run_id=run_id, run_name=cfg.get("run_name"),
+                          tags={"mlflow.parentRunId": parent} if parent and not run_id else None) as run:
+        if ckpt is None:
+            log_config(cfg, dm)
+        trainer, ckpt_fraction = fit(cfg, dm, model, run.info.run_id, ckpt)
+        val_loss = load_best(trainer, model)
+        frame = with_baselines(dm.predictions_frame("test", predict(model, dm)), dm)
+        results = score(frame)
+        metrics = {**flat_metrics(results), "val/best_loss": val_loss, "perf/checkpoint_fraction": ckpt_fraction}
+        mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})
+        info = log_artifacts(frame, model, dm)
+        if cfg.get("register") and not parent:  # in a sweep, forecast.sweep registers the best trial
+            print(promote(MlflowClient(), cfg.logger.registered_model, cfg.logger.alias, run.info.run_id,
+                          info.model_uri, val_loss))
+    finish(cfg, experiment.experiment_id, run.info.run_id, results)
+    return val_loss
+
+
+def build_data(cfg: DictConfig):
     dm = instantiate(cfg.data)
     try:
         dm.setup()
     except ConfigError as e:
         raise e.within("data") from None
-    model = instantiate(cfg.model, dims=dm.dims)
-    mlflow.set_tracking_uri(cfg.logger.tracking_uri)
-    experiment = mlflow.set_experiment(cfg.logger.experiment_name)
-    with mlflow.start_run(run_name=cfg.get("run_name")) as run:
-        log_config(cfg, dm)
-        logger = MLFlowLogger(experiment_name=cfg.logger.experiment_name, tracking_uri=cfg.logger.tracking_uri,
-                              run_id=run.info.run_id)
-        callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-        trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
-        trainer.fit(model, datamodule=dm)
-        ckpt = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
-        pred = torch.cat(trainer.predict(model, dataloaders=dm.test_dataloader(), ckpt_path=ckpt))  # (N,)
-        frame = with_baselines(dm.predictions_frame("test", pred), dm)
-        results = score(frame)
-        mlflow.log_metrics({k: v for k, v in flat_metrics(results).items() if not math.isnan(v)})
-        log_artifacts(frame, model, dm)
-        val_loss = float(trainer.checkpoint_callback.best_model_score) if ckpt else math.nan
-    uri = cfg.logger.tracking_uri
-    print(report(results))
-    print(f"view: mlflow ui --backend-store-uri {uri}  ->  "
-          f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}")
-    print(f"run_id={run.info.run_id} tracking_uri={uri}")
-    return val_loss
+    return dm
+
+
+def stored_config(run_id: str, cfg: DictConfig) -> DictConfig:
+    """The run's own logged config, so a resumed run continues exactly what it started."""
+    text = mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")
+    stored = OmegaConf.create(text)
+    stored.resume = cfg.resume
+    return stored
+
+
+def fit(cfg: DictConfig, dm, model: L.LightningModule, run_id: str | None, ckpt) -> tuple[L.Trainer, float]:
+    """Trainer.fit, resuming from `ckpt` when given; returns the trainer and the share of the fit
+    time spent writing checkpoints."""
+    io = AtomicCheckpointIO()
+    logger = MLFlowLogger(experiment_name=cfg.logger.experiment_name, tracking_uri=cfg.logger.tracking_uri,
+                          run_id=run_id)
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=[io])
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt is None else str(ckpt))
+    return trainer, io.seconds / max(time.perf_counter() - start, 1e-9)
+
+
+def load_best(trainer: L.Trainer, model: L.LightningModule) -> float:
+    """Load the weights of the epoch with the best validation loss; return that loss."""
+    cb = trainer.checkpoint_callback
+    if cb is None or not cb.best_model_path:
+        return math.nan
+    model.load_state_dict(torch.load(cb.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
+    return float(cb.best_model_score)
+
+
+@torch.no_grad()
+def predict(model: L.LightningModule, dm) -> torch.Tensor:
+    """Forecasts for every test anchor, in order, on this process alone (also after DDP training)."""
+    model.eval()
+    out = [model.predict_step(batch, i) for i, batch in enumerate(dm.test_dataloader())]
+    return torch.cat(out)  # (N,)
 
 
 def with_baselines(frame: pl.DataFrame, dm) -> pl.DataFrame:
@@ -84,45 +139,9 @@ def report(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def flatten(d, prefix: str = "") -> dict[str, str]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(flatten(v, f"{key}.") if isinstance(v, dict) else {key: str(v)})
-    return out
-
-
-def log_config(cfg: DictConfig, dm) -> None:
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
-    mlflow.log_params(flatten(resolved))
-    sizes = {f"data.n_{s}": len(a) for s, a in dm.anchors.items()}
-    mlflow.log_params(dict(sizes, **{"data.val_start_resolved": dm.val_start, "data.test_start_resolved": dm.test_start,
-                                     "data.tickers_resolved": ",".join(dm.frame["ticker"].unique().sort())}))
-
-
-def log_artifacts(frame: pl.DataFrame, model: L.LightningModule, dm) -> None:
-    mlflow.log_figure(plot_predictions(frame), "plots/test_predictions.png")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "test_predictions.parquet"
-        frame.write_parquet(path)
-        mlflow.log_artifact(str(path), "predictions")
-    example = next(iter(dm.test_dataloader()))["x"][:2].numpy()  # (2, L, F)
-    mlflow.pytorch.log_model(model.cpu().eval(), name="model", input_example=example,
-                             serialization_format="pickle")
-
-
-def plot_predictions(frame: pl.DataFrame):
-    tickers = frame["ticker"].unique().sort().to_list()
-    fig, axes = plt.subplots(len(tickers), 2, figsize=(12, 3 * len(tickers)), squeeze=False)
-    for (ax_t, ax_s), ticker in zip(axes, tickers):
-        f = frame.filter(pl.col("ticker") == ticker)
-        ax_t.plot(f["date"], f["realised"], lw=0.5, color="0.6", label="realised")
-        ax_t.plot(f["date"], f["pred"], lw=0.8, color="C0", label="forecast")
-        ax_t.set_title(f"{ticker}: forward log return, test split")
-        ax_t.legend(loc="upper right")
-        ax_s.scatter(f["pred"], f["realised"], s=2, alpha=0.4)
-        ax_s.set_xlabel("forecast")
-        ax_s.set_ylabel("realised")
-    fig.tight_layout()
-    return fig
+def finish(cfg: DictConfig, experiment_id: str, run_id: str, results) -> None:
+    uri = cfg.logger.tracking_uri
+    print(report(results))
+    print(f"view: mlflow ui --backend-store-uri {uri}  ->  "
+          f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")
+    print(f"run_id={run_id} tracking_uri={uri}")
