@@ -26,24 +26,29 @@ from data_pipelines.store import StoreError
 def bound(code: str) -> dt.date | None:
     """The first date calendar `code` can be evaluated from (None: no bound, e.g. XNYS)."""
     import exchange_calendars as xcals
+    from exchange_calendars import calendar_utils
+
+    if code not in xcals.get_calendar_names():
+        raise StoreError(f"unknown exchange {code!r} (use an exchange-calendars code such as XNYS, XLON, XTKS)")
+    factories = getattr(calendar_utils, "_default_calendar_factories", {})  # the class, without building it
+    cls = factories.get(xcals.resolve_alias(code)) or type(_build(code, dt.date(2020, 1, 1)))
+    first = cls.bound_min()
+    return None if first is None else first.date()
+
+
+def _build(code: str, start: dt.date):
+    import exchange_calendars as xcals
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pandas deprecation notes raised inside exchange-calendars
-        if code not in xcals.get_calendar_names():
-            raise StoreError(f"unknown exchange {code!r} (use an exchange-calendars code such as XNYS, XLON, XTKS)")
-        first = type(xcals.get_calendar(code, start="2020-01-01")).bound_min()
-    return None if first is None else first.date()
+        return xcals.get_calendar(code, start=start.isoformat())
 
 
 @lru_cache(maxsize=16)
 def calendar(code: str, start: dt.date):
     """The exchange-calendars calendar `code`, starting at `start` or at its bound if later."""
-    import exchange_calendars as xcals
-
     first = bound(code)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return xcals.get_calendar(code, start=max(start, first or start).isoformat())
+    return _build(code, max(start, first or start))
 
 
 def sessions(code: str, start: dt.date) -> pl.Series:
@@ -78,20 +83,23 @@ def session_reason(days: dict[str, pl.Series], exchange: pl.Expr) -> pl.Expr:
     return pl.when(ok).then(None).otherwise(pl.lit("not a session"))
 
 
-def coverage(rows: pl.DataFrame, days: dict[str, pl.Series], exchange: pl.Expr) -> pl.DataFrame:
-    """Per ticker: exchange, missing_sessions and unchecked rows (dated before the calendar's bound)."""
-    out = []
-    for code, s in days.items():
-        start = bound(code) or dt.date(1, 1, 1)
-        per = (rows.filter(exchange == code).group_by("ticker")
-               .agg(first=pl.col("date").min().clip(start), last=pl.col("date").max(),
-                    checked=(pl.col("date") >= start).sum(), unchecked=(pl.col("date") < start).sum()))
-        arr = s.to_numpy()
-        lo = np.searchsorted(arr, per["first"].to_numpy())
-        hi = np.searchsorted(arr, per["last"].to_numpy(), side="right")
-        span = np.where(per["checked"].to_numpy() > 0, hi - lo, 0)
-        out.append(per.select("ticker", pl.lit(code).alias("exchange"),
-                              pl.Series("missing_sessions", span - per["checked"].to_numpy()).clip(0),
-                              pl.col("unchecked").cast(pl.Int64)))
-    schema = dict(ticker=pl.String, exchange=pl.String, missing_sessions=pl.Int64, unchecked=pl.Int64)
-    return pl.concat([pl.DataFrame(schema=schema), *[o.cast(schema) for o in out]])
+def coverage(frames: dict[str, pl.DataFrame], exchange_of: dict[str, str], default: str) -> pl.DataFrame:
+    """Per ticker of date-sorted `frames`: exchange, missing_sessions, unchecked (rows dated before
+    the calendar's bound, accepted on weekdays)."""
+    stats = []
+    for ticker, df in frames.items():
+        code, dates = exchange_of.get(ticker, default), df["date"]
+        b = bound(code)
+        before = int((dates < b).sum()) if b is not None and dates[0] < b else 0
+        stats.append((ticker, code, max(dates[0], b) if b else dates[0], dates[-1], df.height - before, before))
+    per = pl.DataFrame(stats, schema=dict(ticker=pl.String, exchange=pl.String, first=pl.Date, last=pl.Date,
+                                          checked=pl.Int64, unchecked=pl.Int64), orient="row")
+    missing = np.zeros(per.height, dtype=np.int64)
+    for code in per["exchange"].unique():
+        mine = (per["exchange"] == code).to_numpy()
+        days = sessions(code, per.filter(mine)["first"].min()).to_numpy()
+        lo = np.searchsorted(days, per["first"].to_numpy()[mine])
+        hi = np.searchsorted(days, per["last"].to_numpy()[mine], side="right")
+        checked = per["checked"].to_numpy()[mine]
+        missing[mine] = np.where(checked > 0, np.maximum(hi - lo - checked, 0), 0)
+    return per.select("ticker", "exchange", pl.Series("missing_sessions", missing), "unchecked")

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from data_pipelines import calendars, store as st
@@ -110,14 +111,11 @@ def _write_quarantine(store: Path, q: pl.DataFrame, sources) -> None:
 
 def _store_prices(store: Path, rows: pl.DataFrame, opts: Options, rep: Report) -> None:
     """Merge the new rows per ticker with the stored history, then write changed tickers."""
-    frames = {t: df.drop("ticker") for (t,), df in rows.select("ticker", *st.PRICE_COLUMNS)
-              .partition_by("ticker", as_dict=True, maintain_order=False).items()}
+    frames = by_ticker(rows.select("ticker", *st.PRICE_COLUMNS))
     manifest = st.read_manifest(store) if (store / st.MANIFEST).exists() else None
     if manifest is not None and opts.mode == "merge":
         frames = _merge(store, frames, manifest)
-    merged = pl.concat([df.with_columns(ticker=pl.lit(t)) for t, df in frames.items()])
-    exchange = calendars.exchange_expr(opts.exchanges, opts.exchange)
-    cov = calendars.coverage(merged, calendars.exchange_sessions(merged, exchange), exchange)
+    cov = calendars.coverage(frames, opts.exchanges, opts.exchange)
     missing = dict(zip(cov["ticker"], cov["missing_sessions"]))
     rep.missing_sessions = int(cov["missing_sessions"].sum())
     rep.unchecked = int(cov["unchecked"].sum())
@@ -127,6 +125,20 @@ def _store_prices(store: Path, rows: pl.DataFrame, opts: Options, rep: Report) -
     after = dict(zip(new["ticker"], new["content_hash"]))
     rep.tickers = len(frames)
     rep.tickers_changed = sum(before.get(t) != after[t] for t in frames)
+
+
+def by_ticker(rows: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """ticker -> its rows sorted by date (without the ticker column). Rows in one run per ticker
+    (the usual case after dedup) are sliced without copying; otherwise partitioned."""
+    tick = rows["ticker"]
+    starts = np.flatnonzero((tick != tick.shift(1)).fill_null(True).to_numpy())
+    body = rows.drop("ticker")
+    if len(starts) == tick.n_unique():
+        ends = np.r_[starts[1:], rows.height]
+        frames = {tick[int(a)]: body.slice(int(a), int(b - a)) for a, b in zip(starts, ends)}
+    else:
+        frames = {t: df.drop("ticker") for (t,), df in rows.partition_by("ticker", as_dict=True).items()}
+    return {t: df if df["date"].is_sorted() else df.sort("date") for t, df in frames.items()}
 
 
 def _merge(store: Path, frames: dict[str, pl.DataFrame], manifest: pl.DataFrame) -> dict[str, pl.DataFrame]:

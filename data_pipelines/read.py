@@ -8,14 +8,15 @@ lines), go through the careful path in `parse.py`. Both paths give the same rows
 from __future__ import annotations
 
 import gzip
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from data_pipelines.formats import (EXTENSIONS, FileSpec, FormatError, check_roles, infer_date_format,
-                                    normalise, parse_header, ticker_from_name, ALIASES)
+from data_pipelines.formats import (ALIASES, EXTENSIONS, FileSpec, FormatError, check_roles, infer_date_format,
+                                    normalise, parse_header, ticker_from_name, ticker_problem)
 from data_pipelines.parse import (BAD_SCHEMA, NUMERIC, ROW_SCHEMA, date_expr, records_to_rows,
                                   split_records, split_reasons, ticker_invalid, with_reasons)
 
@@ -35,7 +36,10 @@ class _Text:
     source: Source
     spec: FileSpec
     header_line: int           # 1-based line number of the header
-    body: bytes                # everything after the header line
+    rows: int                  # lines after the header (blank ones included)
+    clean: bool                # UTF-8 without quotes: the fast reader can take it
+    plain: bool                # not compressed, no BOM, header on line 1: polars can scan the path
+    body: bytes | None = None  # the bytes after the header, when kept
 
 
 def discover(path: str | Path) -> tuple[list[Path], list[Path]]:
@@ -73,7 +77,7 @@ def read_sources(paths: list[Path], ticker_pattern: str | None = None, upper: bo
     for key, texts in groups.items():
         good, bad = (_fast_group(texts, upper) if key[0] else _careful_many(texts, upper))
         goods.append(good), bads.append(bad)
-    rows = pl.concat([pl.DataFrame(schema=ROW_SCHEMA), *goods]).sort("file_id", "line")
+    rows = pl.concat([pl.DataFrame(schema=ROW_SCHEMA), *goods])  # read order within runs; see dedup
     return rows, pl.concat([pl.DataFrame(schema=BAD_SCHEMA), *bads]), sources
 
 
@@ -83,38 +87,64 @@ def _load(path: Path) -> bytes:
 
 
 def _open_text(src: Source, date_format: str | None) -> _Text | None:
-    """Header, spec and body of a text file; None (with `src.problem`) when it has no data rows."""
+    """Header, spec and line count of a text file; None (with `src.problem`) when it has no data rows."""
     data = _load(src.path)
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    lines = data.split(b"\n", 64)
+    bom = data.startswith(b"\xef\xbb\xbf")
+    data = data[3:] if bom else data
+    lines = data[:65536].split(b"\n", 64)
     k = next((i for i, ln in enumerate(lines) if ln.strip()), None)
     if k is None:
         src.problem = "empty file"
         return None
-    header = lines[k].decode("utf-8", errors="replace").rstrip("\r")
-    body = data.split(b"\n", k + 1)[k + 1] if len(lines) > k + 1 else b""
-    if not body.strip():
+    start = sum(len(ln) + 1 for ln in lines[:k + 1])                     # offset of the first data line
+    if start >= len(data) or not re.search(rb"\S", data[start:start + 65536]) and not data[start:].strip():
         src.problem = "header only, no data rows"
         return None
-    spec = parse_header(header)
+    spec = parse_header(lines[k].decode("utf-8", errors="replace").rstrip("\r"))
     src.ignored_columns = spec.ignored
-    spec.date_format = date_format or infer_date_format(_date_samples(body, spec))
-    return _Text(src, spec, k + 1, body)
+    spec.date_format = date_format or _date_format(_date_samples(data[start:start + 4096], spec))
+    rows = data.count(b"\n", start) + (not data.endswith(b"\n"))
+    clean = data.find(b'"', start) < 0 and (data.isascii() or _is_utf8(data))
+    plain = not bom and k == 0 and not src.path.name.lower().endswith(".gz")
+    return _Text(src, spec, k + 1, rows, clean, plain)
+
+
+_DIGITS = str.maketrans("0123456789", "9999999999")
+_UNAMBIGUOUS: dict[tuple, str] = {}  # sample shapes (digits as 9) starting with a 4-digit year -> format
+
+
+def _date_format(samples: list[str]) -> str:
+    """infer_date_format, remembered for year-first shapes ('9999-99-99'), which parse one way only."""
+    shapes = tuple(sorted({v.translate(_DIGITS) for v in samples}))
+    if shapes in _UNAMBIGUOUS:
+        return _UNAMBIGUOUS[shapes]
+    fmt = infer_date_format(samples)
+    if shapes and all(re.match(r"9999\D?99", sh) for sh in shapes):
+        _UNAMBIGUOUS[shapes] = fmt
+    return fmt
 
 
 def _date_samples(body: bytes, spec: FileSpec) -> list[str]:
     i = spec.roles["date"]
-    lines = body[:8192].decode("utf-8", errors="replace").splitlines()[:50]
-    return [ln.split(spec.delimiter)[i].strip().strip('"') for ln in lines
-            if len(ln.split(spec.delimiter)) > i]
+    out = []
+    for ln in body[:4096].decode("utf-8", errors="replace").splitlines()[:20]:
+        fields = ln.split(spec.delimiter)
+        if len(fields) > i:
+            out.append(fields[i].strip().strip('"'))
+    return out
+
+
+def _body(t: _Text) -> bytes:
+    """The bytes after the header line."""
+    if t.body is None:
+        parts = _load(t.source.path).removeprefix(b"\xef\xbb\xbf").split(b"\n", t.header_line)
+        return parts[t.header_line] if len(parts) > t.header_line else b""
+    return t.body
 
 
 def _fast_key(t: _Text) -> tuple:
     """Files with equal keys are parsed together; key[0] says whether polars can take them whole."""
-    body = t.body
-    clean = b'"' not in body and (body.isascii() or _is_utf8(body))
-    return (clean, t.spec.signature, "ticker" in t.spec.roles)
+    return (t.clean, t.spec.signature, "ticker" in t.spec.roles, t.plain)
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -126,11 +156,13 @@ def _is_utf8(data: bytes) -> bool:
 
 
 def _fast_group(texts: list[_Text], upper: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Parse the concatenated bodies in one call; fall back per file if the counts do not add up."""
-    bodies = [t.body if t.body.endswith(b"\n") else t.body + b"\n" for t in texts]
-    counts = np.array([b.count(b"\n") for b in bodies])
+    """Parse a group's files in one polars call; fall back per file if the row counts do not add up."""
+    counts = np.array([t.rows for t in texts], dtype=np.int64)
     try:
-        df = _polars_read(b"".join(bodies), texts[0].spec)
+        if texts[0].plain:
+            df = _polars_read([t.source.path for t in texts], texts[0].spec)
+        else:
+            df = _polars_read(b"".join(_body(t).removesuffix(b"\n") + b"\n" for t in texts), texts[0].spec)
     except pl.exceptions.PolarsError:
         df = None
     if df is None or df.height != counts.sum():
@@ -141,38 +173,50 @@ def _fast_group(texts: list[_Text], upper: bool) -> tuple[pl.DataFrame, pl.DataF
     return _finish_fast(df, texts, counts, upper)
 
 
-def _polars_read(buf: bytes, spec: FileSpec) -> pl.DataFrame:
+def _polars_read(source: bytes | list[Path], spec: FileSpec) -> pl.DataFrame:
+    """The role columns of headerless bytes, or of files (each with its header line) read in parallel."""
     names = [f"c{i}" for i in range(len(spec.header))]
     role_of = {i: r for r, i in spec.roles.items()}
-    schema = {n: (pl.Float64 if role_of.get(i) in NUMERIC else pl.String) for i, n in enumerate(names)}
-    df = pl.read_csv(buf, has_header=False, separator=spec.delimiter, schema=schema, quote_char=None,
-                     columns=sorted(role_of), ignore_errors=True, raise_if_empty=False)
-    return df.rename({f"c{i}": r for i, r in role_of.items()})
+    role_of.setdefault(len(spec.header) - 1, "_last")  # a null there: a short row (wrong field count)
+    iso = spec.date_format == "%Y-%m-%d"
+    schema = {n: (pl.Float64 if role_of.get(i) in NUMERIC else pl.Date if role_of.get(i) == "date" and iso
+                  else pl.String) for i, n in enumerate(names)}
+    opts = dict(separator=spec.delimiter, schema=schema, quote_char=None, ignore_errors=True, raise_if_empty=False)
+    if isinstance(source, list):
+        lf = pl.scan_csv(source, has_header=False, skip_rows=1, **opts)  # skips each file's header
+    else:
+        lf = pl.scan_csv(source, has_header=False, **opts)
+    return lf.select([pl.col(f"c{i}").alias(r) for i, r in sorted(role_of.items())]).collect()
 
 
 def _finish_fast(df: pl.DataFrame, texts: list[_Text], counts: np.ndarray,
                  upper: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Attach file ids, line numbers and tickers; send rows with any unparsed field to `_reparse`."""
     spec = texts[0].spec
-    ids = np.repeat(np.array([t.source.file_id for t in texts], dtype=np.uint32), counts)
-    starts = np.repeat(np.cumsum(counts) - counts, counts)
-    first = np.repeat(np.array([t.header_line + 1 for t in texts]), counts)
-    line = np.arange(len(ids)) - starts + first
+    which = np.repeat(np.arange(len(texts)), counts)                       # (rows,) index into texts
+    ids = np.array([t.source.file_id for t in texts], dtype=np.uint32)
+    first_row = np.cumsum(counts) - counts
+    line = np.arange(len(which)) - first_row[which] + np.array([t.header_line + 1 for t in texts])[which]
+    cols = dict(file_id=pl.Series(ids[which]), line=pl.Series(line))
     if "ticker" in spec.roles:
         tick = pl.col("ticker").str.strip_chars()
-        tick = tick.str.to_uppercase() if upper else tick
+        cols["ticker"] = tick.str.to_uppercase() if upper else tick
+        bad_name = ticker_invalid(pl.col("ticker"))
     else:
-        names = pl.Series([t.source.ticker for t in texts], dtype=pl.String)
-        tick = names.gather(np.repeat(np.arange(len(texts)), counts))
-    df = df.with_columns(file_id=pl.Series(ids), line=pl.Series(line), ticker=tick,
-                         date=date_expr(pl.col("date"), spec.date_format))
-    needed = ["date", *[c for c in NUMERIC if c in spec.roles]]
-    suspect = pl.any_horizontal(pl.col(needed).is_null()) | ticker_invalid(pl.col("ticker"))
-    df = df.with_columns(_suspect=suspect)
-    good = df.filter(~pl.col("_suspect")).select(
-        *[(pl.col(c) if c in df.columns else pl.lit(None, pl.Float64)).alias(c) for c in ROW_SCHEMA])
-    redo = df.filter(pl.col("_suspect")).select("file_id", "line")
-    g2, bad = _reparse(redo, {t.source.file_id: t for t in texts}, upper)
-    return pl.concat([good.cast(ROW_SCHEMA), g2]), bad
+        cols["ticker"] = pl.Series([t.source.ticker for t in texts], dtype=pl.String).gather(which)
+        bad_ids = [t.source.file_id for t in texts if ticker_problem(t.source.ticker)]
+        bad_name = pl.col("file_id").is_in(bad_ids) if bad_ids else pl.lit(False)
+    if df.schema["date"] == pl.String:
+        cols["date"] = date_expr(pl.col("date"), spec.date_format)
+    df = df.with_columns(**cols)
+    needed = ["date", *[c for c in NUMERIC if c in spec.roles], *(["_last"] if "_last" in df.columns else [])]
+    suspect = pl.any_horizontal(pl.col(needed).is_null()) | bad_name
+    shape = [(pl.col(c) if c in df.columns else pl.lit(None, pl.Float64)).alias(c) for c in ROW_SCHEMA]
+    flags = df.select(suspect.alias("s"))["s"]
+    if not flags.any():
+        return df.select(shape).cast(ROW_SCHEMA), pl.DataFrame(schema=BAD_SCHEMA)
+    g2, bad = _reparse(df.filter(flags).select("file_id", "line"), {t.source.file_id: t for t in texts}, upper)
+    return pl.concat([df.filter(~flags).select(shape).cast(ROW_SCHEMA), g2]), bad
 
 
 def _reparse(redo: pl.DataFrame, by_id: dict[int, _Text], upper: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -180,7 +224,8 @@ def _reparse(redo: pl.DataFrame, by_id: dict[int, _Text], upper: bool) -> tuple[
     goods, bads = [pl.DataFrame(schema=ROW_SCHEMA)], [pl.DataFrame(schema=BAD_SCHEMA)]
     for (fid,), part in redo.group_by("file_id", maintain_order=True):
         t = by_id[fid]
-        lines = t.body.decode("utf-8").split("\n")
+        data = _load(t.source.path)
+        lines = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8").split("\n")[t.header_line:]
         records = []
         for ln in part["line"].to_list():
             raw = lines[ln - t.header_line - 1].rstrip("\r")
@@ -193,7 +238,7 @@ def _reparse(redo: pl.DataFrame, by_id: dict[int, _Text], upper: bool) -> tuple[
 def _careful_many(texts: list[_Text], upper: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
     goods, bads = [pl.DataFrame(schema=ROW_SCHEMA)], [pl.DataFrame(schema=BAD_SCHEMA)]
     for t in texts:
-        text = t.body.decode("utf-8", errors="replace")
+        text = _body(t).decode("utf-8", errors="replace")
         records = split_records(text, t.spec.delimiter, first_line=t.header_line + 1)
         good, bad = records_to_rows(records, t.spec, t.source.file_id, t.source.ticker, upper)
         goods.append(good), bads.append(bad)

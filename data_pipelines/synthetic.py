@@ -163,7 +163,7 @@ def write_prices(out: Path, frames: dict, layout: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for i, (name, df) in enumerate(frames.items()):
         if layout == "yahoo" or (layout == "mixed" and i % 2 == 0):
-            df.write_csv(out / f"{name}.csv", float_precision=4)
+            df.write_csv(out / f"{name}.csv")  # values are rounded already (float_precision is slow)
             continue
         adj = df["Adj Close"] / df["Close"]
         stooq = df.select(pl.lit(name).alias("<TICKER>"), pl.lit("D").alias("<PER>"),

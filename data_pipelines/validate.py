@@ -28,7 +28,9 @@ def raw_values() -> pl.Expr:
 
 def split(rows: pl.DataFrame, reason: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(rows passing, quarantined rows as file_id, line, reason, raw) under one reason expression."""
-    flagged = rows.with_columns(reason.alias("reason"))
-    bad = flagged.filter(pl.col("reason").is_not_null())
-    bad = bad.select("file_id", "line", "reason", raw_values().alias("raw"))
-    return flagged.filter(pl.col("reason").is_null()).drop("reason"), bad
+    why = rows.with_columns(reason.alias("_reason"))["_reason"]
+    ok = why.is_null()
+    if ok.all():  # the common case: no copy
+        return rows, pl.DataFrame(schema=dict(file_id=pl.UInt32, line=pl.Int64, reason=pl.String, raw=pl.String))
+    bad = rows.filter(~ok).select("file_id", "line", why.filter(~ok).alias("reason"), raw_values().alias("raw"))
+    return rows.filter(ok), bad

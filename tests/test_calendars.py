@@ -61,7 +61,7 @@ def test_unknown_exchange_is_a_clear_error(tmp_path):
 
 
 def test_coverage_counts_from_the_calendar_start():
-    rows = pl.DataFrame(dict(ticker=["A"] * 2, date=[dt.date(2024, 1, 2), dt.date(2024, 1, 5)]))
-    ex = calendars.exchange_expr({}, "XNYS")
-    cov = calendars.coverage(rows, calendars.exchange_sessions(rows, ex), ex)
-    assert cov.row(0, named=True) == dict(ticker="A", exchange="XNYS", missing_sessions=2, unchecked=0)
+    frames = {"A": pl.DataFrame(dict(date=[dt.date(2024, 1, 2), dt.date(2024, 1, 5)])),
+              "T": pl.DataFrame(dict(date=[dt.date(1996, 12, 30), dt.date(1997, 1, 6), dt.date(1997, 1, 8)]))}
+    cov = calendars.coverage(frames, {"T": "XTKS"}, "XNYS")
+    assert cov.rows() == [("A", "XNYS", 2, 0), ("T", "XTKS", 1, 1)]  # T lacks 1997-01-07

@@ -1,15 +1,16 @@
 """Every validation rule rejects what it should, with its reason, and the fast reader == the careful one."""
 import datetime as dt
+import tempfile
+from pathlib import Path
 
 import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from data_pipelines.dedup import dedup
-from data_pipelines.formats import parse_header
 from data_pipelines.ingest import ingest
 from data_pipelines.parse import split_records
-from data_pipelines.read import _careful_many, _fast_group, _Text, Source
+from data_pipelines.read import Source, _careful_many, _fast_group, _open_text
 from data_pipelines.store import read_quarantine
 
 HEADER = "Date,Open,High,Low,Close,Adj Close,Volume"
@@ -91,13 +92,26 @@ def test_fast_reader_equals_careful_reader(rows, blank):
     lines = [",".join([d, o, h, l, c, v, "0", "0"][:n]) for d, o, h, l, c, v, n in rows]
     if blank:
         lines.insert(len(lines) // 2, "")
+    header = "Date,Open,High,Low,Close,Volume,OpenInt"
     body = ("\n".join(lines) + "\n").encode()
-    spec = parse_header("Date,Open,High,Low,Close,Volume,OpenInt")
-    text = _Text(Source(0, None, "X"), spec, 1, body)
-    fast = _fast_group([text], upper=True)
-    careful = _careful_many([text], upper=True)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "X.csv"
+        path.write_bytes(header.encode() + b"\n" + body)
+        text = _open_text(Source(0, path, "X"), "%Y-%m-%d")
+        fast = _fast_group([text], upper=True)
+        careful = _careful_many([text], upper=True)
     for a, b in zip(fast, careful):
         assert a.sort("line").equals(b.sort("line"))
+
+
+def test_clean_files_never_take_the_careful_path(tmp_path, monkeypatch):
+    import data_pipelines.read as rd
+
+    for t in ("A", "B"):
+        (tmp_path / f"{t}.csv").write_text(f"{HEADER}\n{GOOD}\n2024-01-04,10,11,9,10.5,10.5,1000\n")
+    monkeypatch.setattr(rd, "records_to_rows", lambda *a, **k: pytest.fail("careful path used"))
+    rows, bad, _ = rd.read_sources(sorted(tmp_path.glob("*.csv")))
+    assert rows.height == 4 and bad.height == 0 and rows["line"].to_list() == [2, 3, 2, 3]
 
 
 def test_careful_records_keep_line_numbers_of_quoted_multiline_fields():
