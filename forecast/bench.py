@@ -88,8 +88,12 @@ def _timed(fn, n: int) -> float:
 
 @torch.inference_mode()
 def measure_step(label: str, spec: dict, cfg: dict) -> dict:
-    """One new bar through `step` after `step_history` bars, against re-running the whole window."""
+    """One new bar through `step` after `step_history` bars, against re-running the whole window.
+
+    Both on one thread: at one bar per call, intra-op threads only add synchronisation.
+    """
     _setup(cfg)
+    torch.set_num_threads(1)
     model = build(label, spec, cfg["d_model"], cfg["n_layers"]).eval()
     L = cfg["step_history"]
     x = torch.randn(cfg["batch"], L + 1, cfg["d_model"])
@@ -144,22 +148,21 @@ def markdown(records: list[dict]) -> str:
 def backbones(cfg: DictConfig) -> list[dict]:
     """Run the benchmark described by conf/bench_backbones.yaml; write JSON + Markdown; return records."""
     plain = OmegaConf.to_container(cfg, resolve=True)
+    out = Path(plain["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    jobs = [(measure_train, label, spec, n) for label, spec in plain["backbones"].items()
+            for n in plain["lengths"] if n <= spec.get("max_length", float("inf"))]
+    if plain["step_history"]:
+        jobs += [(measure_step, label, spec) for label, spec in plain["backbones"].items() if label != "mambapy"]
     records = []
-    for label, spec in plain["backbones"].items():
-        for length in plain["lengths"]:
-            if length > spec.get("max_length", float("inf")):
-                continue
-            records.append(_in_fresh_process(measure_train, label, spec, length, plain))
-            print(json.dumps(records[-1]), flush=True)
-        if plain["step_history"] and label != "mambapy":
-            records.append(_in_fresh_process(measure_step, label, spec, plain))
-            print(json.dumps(records[-1]), flush=True)
+    for fn, *args in jobs:
+        records.append(_in_fresh_process(fn, *args, plain))
+        print(json.dumps(records[-1]), flush=True)
+        out.write_text(json.dumps(records, indent=1))  # partial results survive an interrupted run
     base = {r["length"]: r["tokens_per_s"] for r in records if r["backbone"] == "transformer" and r["mode"] == "train"}
     for r in records:
         if r["mode"] == "train":
             r["vs_transformer"] = r["tokens_per_s"] / base.get(r["length"], float("nan"))
-    out = Path(plain["out"])
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records, indent=1))
     table = markdown(records)
     out.with_suffix(".md").write_text(table)
