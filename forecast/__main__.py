@@ -120,7 +120,8 @@ def main(argv: list[str]) -> None:
     import hydra
 
     os.environ[COMMAND_ENV] = command
-    sys.argv = [f"forecast {command}", *overrides]
+    multirun = [o for o in overrides if o in ("-m", "--multirun")]  # accepted anywhere on the line
+    sys.argv = [f"forecast {command}", *multirun, *[o for o in overrides if o not in multirun]]
     hydra.main(config_path=CONF, config_name=config_name, version_base="1.3")(make_task(target))()
 
 
