@@ -100,14 +100,16 @@ def asof_join(frame: pl.DataFrame, exo: pl.DataFrame) -> pl.DataFrame:
     return out.sort("_row").drop("_row")
 
 
-def ingest_exogenous(path: str | Path, store: str | Path, lag_days: dict, exchange: str = "XNYS") -> int:
-    """Read a macro file, apply publication lags on `exchange`'s sessions, merge into the store."""
+def ingest_exogenous(path: str | Path, store: str | Path, lag_days: dict, exchange: str = "XNYS",
+                     check_lags: bool = True) -> int:
+    """Read a macro file, apply publication lags on `exchange`'s sessions, merge into the store
+    (series of this file replace same-named ones; others are kept). Returns the values read."""
     path = Path(path)
     if not path.is_file():
         raise st.StoreError(f"exogenous.path {path} is not a file")
     values, bad = read_series(path)
     unknown = set(lag_days) - set(values["series"].unique()) - {"default"}
-    if unknown:
+    if unknown and check_lags:
         raise st.StoreError(f"exogenous.lag_days: unknown series {sorted(unknown)} in {path}; it has "
                             f"{sorted(values['series'].unique())}")
     table = apply_lag(values, lag_days, calendars.sessions(exchange, values["stamp"].min())) if values.height \

@@ -20,7 +20,7 @@ ALIASES = {
     "close": "close", "c": "close", "adjclose": "adj_close", "adjustedclose": "adj_close",
     "volume": "volume", "vol": "volume", "v": "volume", "ticker": "ticker", "symbol": "ticker",
 }
-IGNORED = {"openint", "per", "time", "dividends", "stocksplits"}
+UNNAMED = {"", "unnamed:0", "index"}
 DELIMITERS = (",", ";", "\t", "|")
 DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%Y/%m/%d", "%m/%d/%Y", "%d.%m.%Y", "%d/%m/%Y", "%d-%m-%Y")
 EXTENSIONS = (".csv", ".txt", ".tsv", ".parquet", ".pq")
@@ -66,8 +66,10 @@ def parse_header(header_line: str) -> FileSpec:
         role = ALIASES.get(normalise(name))
         if role and role not in roles:
             roles[role] = i
-        else:
+        elif not (i == 0 and normalise(name) in UNNAMED):
             ignored.append(name)
+    if "date" not in roles and normalise(header[0]) in UNNAMED:
+        roles["date"] = 0  # pandas writes its (date) index as an unnamed first column
     return check_roles(FileSpec(delimiter, header, roles, ignored))
 
 

@@ -174,6 +174,13 @@ def run(cfg) -> int:
     return 0 if usable else 1
 
 
+def _check_lags(lags: dict, store) -> None:
+    known = set(st.read_exogenous(store)["series"].unique()) if st.read_exogenous(store) is not None else set()
+    unknown = sorted(set(lags) - known - {"default"})
+    if unknown:
+        raise st.StoreError(f"exogenous.lag_days: unknown series {unknown}; the store has {sorted(known)}")
+
+
 def parse_exchanges(value) -> dict[str, str]:
     """Per-ticker exchanges from a mapping or a list of 'TICKER:CODE' strings."""
     if isinstance(value, dict):
@@ -193,8 +200,12 @@ def _side_tables(c: dict, rep: Report, opts: Options) -> int:
     if (c.get("exogenous") or {}).get("path"):
         from data_pipelines.exogenous import ingest_exogenous
         e = c["exogenous"]
-        rep.extra["exogenous_rows"] = n_e = ingest_exogenous(e["path"], c["store"], e.get("lag_days") or {},
-                                                            opts.exchange)
+        files = sorted(p for p in Path(e["path"]).rglob("*") if p.is_file() and not p.name.startswith(".")) \
+            if Path(e["path"]).is_dir() else [Path(e["path"])]
+        lags = e.get("lag_days") or {}
+        n_e = sum(ingest_exogenous(f, c["store"], lags, opts.exchange, check_lags=False) for f in files)
+        _check_lags(lags, c["store"])
+        rep.extra["exogenous_rows"] = n_e
         n += n_e
     if (c.get("news") or {}).get("path"):
         from data_pipelines.news import ingest_news

@@ -138,3 +138,36 @@ def test_ticker_pattern_and_file_names(tmp_path):
     (tmp_path / "aapl.us.txt").write_text(YAHOO + ROWS[0] + "\n")
     ing.ingest(tmp_path / "aapl.us.txt", tmp_path / "s", ing.Options(ticker_pattern=r"^([^.]+)"))
     assert read_manifest(tmp_path / "s")["ticker"].to_list() == ["AAPL"]
+
+
+def test_pipeline_equals_the_plain_pandas_reference(tmp_path):
+    from data_pipelines import bench, synthetic
+
+    synthetic.generate(tmp_path / "m", tickers=6, days=60, seed=2, dirty=0.5, extras=False, split=True,
+                       strength={"price": 0.1})
+    src = tmp_path / "m" / "prices"
+    ours = bench.polars_ingest(src, tmp_path / "a")
+    ref = bench.pandas_ingest(src, tmp_path / "b")
+    assert ours == ref
+    theirs = pl.concat([pl.read_parquet(p).with_columns(ticker=pl.lit(p.parent.name.split("=")[1]))
+                        for p in sorted((tmp_path / "b" / "prices").rglob("*.parquet"))])
+    theirs = theirs.select("ticker", pl.col("Date").cast(pl.Date).alias("date"),
+                           *[pl.col(c.capitalize()).alias(c) for c in ("open", "high", "low", "close", "volume")])
+    mine = read_prices(tmp_path / "a").sort("ticker", "date")
+    assert mine.equals(theirs.sort("ticker", "date"))
+
+
+def test_unnamed_first_column_is_the_date(tmp_path):
+    (tmp_path / "GOOG.csv").write_text(",Open,High,Low,Close,Volume\n2024-01-02,1,2,0.5,1.5,10\n")
+    assert ing.ingest(tmp_path / "GOOG.csv", tmp_path / "s").rows_stored == 1
+
+
+def test_exogenous_folder_and_unknown_lag_key(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "vix.csv").write_text("Date,vix\n1/3/2014,13.76\n1/6/2014,13.55\n")
+    (tmp_path / "m" / "cpi.csv").write_text("Date,CPI\n1/1/2014,230.1\n")
+    cfg = dict(path=None, store=str(tmp_path / "s"), exogenous=dict(path=str(tmp_path / "m"), lag_days={"CPI": 45}))
+    assert ing.run(OmegaConf.create(cfg)) == 0
+    cfg["exogenous"]["lag_days"] = {"CPII": 45}
+    with pytest.raises(StoreError, match="unknown series"):
+        ing.run(OmegaConf.create(cfg))
