@@ -119,5 +119,5 @@ def ingest_exogenous(path: str | Path, store: str | Path, lag_days: dict, exchan
         table = pl.concat([old.filter(~pl.col("series").is_in(table["series"].unique().implode())),
                            table.select(old.columns).cast(old.schema)])
     st.write_exogenous(store, table)
-    st.update_quarantine(store, {str(path.resolve()): bad})
+    st.update_quarantine(store, [str(path.resolve())], bad.with_columns(file=pl.lit(str(path.resolve()))))
     return values.height

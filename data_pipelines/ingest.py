@@ -81,13 +81,10 @@ def ingest(path: str | Path, store: str | Path, opts: Options | None = None) -> 
     rows, bad, sources = read_sources(files, opts.ticker_pattern, opts.upper_tickers, opts.date_format)
     rep = Report(files=len(files), rows_read=rows.height + bad.height, skipped_files=[str(p) for p in skipped])
     rep.rejected_files = {str(s.path): s.problem for s in sources if s.problem}
-    rows, b_values = split(rows, value_reason(opts.max_price, opts.max_volume))
-    exchange = calendars.exchange_expr(opts.exchanges, opts.exchange)
-    days = calendars.exchange_sessions(rows, exchange) if rows.height else {}
-    rows, b_sessions = split(rows, calendars.session_reason(days, exchange))
+    rows, b_rules = _check_rows(rows, opts)
     rows, rep.duplicates, b_conflicts = dedup(rows)
     rep.conflicts = b_conflicts.height
-    quarantined = pl.concat([bad, b_values, b_sessions, b_conflicts])
+    quarantined = pl.concat([bad, b_rules, b_conflicts])
     rep.rows_stored, rep.rows_quarantined = rows.height, quarantined.height
     _count_reasons(rep, quarantined, sources)
     assert rep.rows_read == rep.rows_stored + rep.rows_quarantined + rep.duplicates, asdict(rep)
@@ -95,6 +92,15 @@ def ingest(path: str | Path, store: str | Path, opts: Options | None = None) -> 
     if rows.height:
         _store_prices(store, adjust(rows), opts, rep)
     return rep
+
+
+def _check_rows(rows: pl.DataFrame, opts: Options) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Value rules, then sessions of each row's exchange: one pass, one filter."""
+    why = rows.select(value_reason(opts.max_price, opts.max_volume).alias("r"))["r"]
+    exchange = calendars.exchange_expr(opts.exchanges, opts.exchange)
+    ok = rows.filter(why.is_null()) if why.null_count() < rows.height else rows
+    days = calendars.exchange_sessions(ok, exchange) if ok.height else {}
+    return split(rows, pl.coalesce(pl.lit(why), calendars.session_reason(days, exchange)))
 
 
 def _count_reasons(rep: Report, q: pl.DataFrame, sources) -> None:
@@ -105,8 +111,9 @@ def _count_reasons(rep: Report, q: pl.DataFrame, sources) -> None:
 
 
 def _write_quarantine(store: Path, q: pl.DataFrame, sources) -> None:
-    parts = q.partition_by("file_id", as_dict=True)
-    st.update_quarantine(store, {str(s.path.resolve()): parts.get((s.file_id,), q.clear()) for s in sources})
+    names = {s.file_id: str(s.path.resolve()) for s in sources}
+    q = q.with_columns(file=pl.col("file_id").replace_strict(names, return_dtype=pl.String))
+    st.update_quarantine(store, list(names.values()), q)
 
 
 def _store_prices(store: Path, rows: pl.DataFrame, opts: Options, rep: Report) -> None:
@@ -130,6 +137,7 @@ def _store_prices(store: Path, rows: pl.DataFrame, opts: Options, rep: Report) -
 def by_ticker(rows: pl.DataFrame) -> dict[str, pl.DataFrame]:
     """ticker -> its rows sorted by date (without the ticker column). Rows in one run per ticker
     (the usual case after dedup) are sliced without copying; otherwise partitioned."""
+    rows = rows.rechunk()  # slices of a many-chunk frame cost O(chunks) each
     tick = rows["ticker"]
     starts = np.flatnonzero((tick != tick.shift(1)).fill_null(True).to_numpy())
     body = rows.drop("ticker")

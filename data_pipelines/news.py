@@ -89,5 +89,5 @@ def ingest_news(path: str | Path, store: str | Path, exchange: str = "XNYS", tim
     news, bad = read_news(path, exchange, timezone)
     table = pl.concat([st.read_news(store), news.cast(st.NEWS_SCHEMA)]).unique(maintain_order=True)
     st.write_news(store, table)
-    st.update_quarantine(store, {str(path.resolve()): bad})
+    st.update_quarantine(store, [str(path.resolve())], bad.with_columns(file=pl.lit(str(path.resolve()))))
     return news.height

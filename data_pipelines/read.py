@@ -53,7 +53,8 @@ def discover(path: str | Path) -> tuple[list[Path], list[Path]]:
     files = sorted(p for p in root.rglob("*") if p.is_file())
     ok = [p for p in files if p.name.lower().removesuffix(".gz").endswith(EXTENSIONS)
           and not p.name.startswith(".")]
-    return ok, [p for p in files if p not in set(ok)]
+    chosen = set(ok)
+    return ok, [p for p in files if p not in chosen]
 
 
 def read_sources(paths: list[Path], ticker_pattern: str | None = None, upper: bool = True,

@@ -11,7 +11,8 @@ Layout of a store directory:
                                        item could be acted on), published_at (UTC), headline
     quarantine.parquet                 file, line, reason, raw: every input row that was not stored
 
-Writes are atomic: price files are content-addressed (a new version gets a new name), every table is
+Price files use LZ4 (writing thousands of small files, zstd costs twice the time for 25% less disk);
+the other tables use zstd. Writes are atomic: price files are content-addressed (a new version gets a new name), every table is
 written to a temporary name and renamed over the old one (`os.replace`), and the manifest is replaced
 last, then unreferenced price files are removed. A reader that goes through the manifest always sees
 one consistent version, whatever happened to the writer. A table whose content did not change is not
@@ -65,11 +66,11 @@ def content_hash(df: pl.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-def write_atomic(df: pl.DataFrame, path: Path) -> None:
+def write_atomic(df: pl.DataFrame, path: Path, compression: str = "zstd") -> None:
     """Write Parquet to a temporary name in the same directory, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.write_parquet(tmp, compression="zstd", statistics=True)
+    df.write_parquet(tmp, compression=compression, statistics=True)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -111,7 +112,8 @@ def write_prices(store: str | Path, frames: dict[str, pl.DataFrame], exchange: s
     old = read_manifest(store) if (store / MANIFEST).exists() else None
     jobs, rows = [], []
     for ticker, df in frames.items():
-        df = df.select(PRICE_COLUMNS).sort("date")
+        df = df if df.columns == PRICE_COLUMNS else df.select(PRICE_COLUMNS)  # eager calls cost ~1 ms each
+        df = df if df["date"].is_sorted() else df.sort("date")
         digest = content_hash(df)
         rel = f"prices/{ticker_dir(ticker)}/{digest}.parquet"
         if not (store / rel).exists():
@@ -121,7 +123,7 @@ def write_prices(store: str | Path, frames: dict[str, pl.DataFrame], exchange: s
                          last_date=df["date"].max(), rows=df.height,
                          missing_sessions=(missing or {}).get(ticker, 0), content_hash=digest, file=rel))
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        list(pool.map(lambda job: write_atomic(*job), jobs))
+        list(pool.map(lambda job: write_atomic(*job, compression="lz4"), jobs))  # 2x faster than zstd
     new = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
     if old is not None:
         old = old.with_columns(pl.lit(0).alias("missing_sessions")) if "missing_sessions" not in old.columns else old
@@ -185,14 +187,13 @@ def write_quarantine(store: str | Path, df: pl.DataFrame) -> bool:
     return _write_table(Path(store), QUARANTINE, df)
 
 
-def update_quarantine(store: str | Path, by_file: dict[str, pl.DataFrame]) -> bool:
-    """Replace the quarantined rows of each file in `by_file` (frames of line, reason, raw)."""
+def update_quarantine(store: str | Path, files: list[str], rows: pl.DataFrame) -> bool:
+    """Replace the quarantined rows of `files` by `rows` (file, line, reason, raw)."""
     old = read_quarantine(store)
-    new = [f.select(pl.lit(name).alias("file"), "line", "reason", "raw") for name, f in by_file.items()]
-    kept = old.filter(~pl.col("file").is_in(list(by_file)))
-    if old.height == 0 and not any(f.height for f in new):
+    if old.height == 0 and rows.height == 0:
         return False
-    return write_quarantine(store, pl.concat([kept, *[f.cast(QUARANTINE_SCHEMA) for f in new]]))
+    kept = old.filter(~pl.col("file").is_in(files))
+    return write_quarantine(store, pl.concat([kept, rows.select(list(QUARANTINE_SCHEMA)).cast(QUARANTINE_SCHEMA)]))
 
 
 def read_quarantine(store: str | Path) -> pl.DataFrame:

@@ -1,6 +1,8 @@
 """Row rules on typed prices. Each failing row gets the first reason that applies, in this order."""
 from __future__ import annotations
 
+import datetime as dt
+
 import polars as pl
 
 PRICES = ("open", "high", "low", "close")
@@ -12,6 +14,7 @@ def value_reason(max_price: float = 1e9, max_volume: float = 1e15) -> pl.Expr:
     prices = [pl.col(c) for c in (*PRICES, "adj_close")]
     values = [pl.col(c) for c in VALUES]
     return (pl.when(pl.any_horizontal([v.is_nan() | v.is_infinite() for v in values])).then(pl.lit("NaN/inf"))
+            .when(pl.col("date") < dt.date(1800, 1, 1)).then(pl.lit("date before 1800"))
             .when(pl.any_horizontal([p <= 0 for p in prices])).then(pl.lit("non-positive price"))
             .when(pl.any_horizontal([p > max_price for p in prices]) | (pl.col("volume") > max_volume))
             .then(pl.lit("huge value"))

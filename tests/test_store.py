@@ -66,12 +66,12 @@ CHILD = textwrap.dedent("""
     mode, n = sys.argv[1], int(sys.argv[2])
     calls = [0]
     real_write, real_replace = st.write_atomic, os.replace
-    def write(df, path):
+    def write(df, path, **kw):
         calls[0] += 1
         if mode == "write" and calls[0] == n:
             df.write_parquet(path.with_name("." + path.name + ".partial.tmp"))  # half-done temp file
             os.kill(os.getpid(), signal.SIGKILL)
-        real_write(df, path)
+        real_write(df, path, **kw)
     def replace(src, dst):
         if mode == "manifest" and str(dst).endswith(st.MANIFEST):
             os.kill(os.getpid(), signal.SIGKILL)
