@@ -100,24 +100,23 @@ def asof_join(frame: pl.DataFrame, exo: pl.DataFrame) -> pl.DataFrame:
     return out.sort("_row").drop("_row")
 
 
-def ingest_exogenous(path: str | Path, store: str | Path, lag_days: dict, exchange: str = "XNYS",
-                     check_lags: bool = True) -> int:
-    """Read a macro file, apply publication lags on `exchange`'s sessions, merge into the store
-    (series of this file replace same-named ones; others are kept). Returns the values read."""
-    path = Path(path)
-    if not path.is_file():
-        raise st.StoreError(f"exogenous.path {path} is not a file")
-    values, bad = read_series(path)
-    unknown = set(lag_days) - set(values["series"].unique()) - {"default"}
-    if unknown and check_lags:
-        raise st.StoreError(f"exogenous.lag_days: unknown series {sorted(unknown)} in {path}; it has "
-                            f"{sorted(values['series'].unique())}")
+def ingest_exogenous(paths: list[Path], store: str | Path, lag_days: dict, exchange: str = "XNYS") -> int:
+    """Read macro files, apply publication lags on `exchange`'s sessions, merge into the store (series
+    read here replace same-named ones; others are kept). Returns the number of values read."""
+    parts = [(Path(p), *read_series(Path(p))) for p in paths]
+    values = pl.concat([v for _, v, _ in parts])
+    names = set(values["series"].unique())
+    unknown = sorted(set(lag_days) - names - {"default"})
+    if unknown:  # a typo here would silently give CPI a lag of 0: a look-ahead
+        raise st.StoreError(f"exogenous.lag_days: unknown series {unknown}; the files have {sorted(names)}")
     table = apply_lag(values, lag_days, calendars.sessions(exchange, values["stamp"].min())) if values.height \
         else pl.DataFrame(schema=st.EXOGENOUS_SCHEMA)
     old = st.read_exogenous(store)
     if old is not None:
-        table = pl.concat([old.filter(~pl.col("series").is_in(table["series"].unique().implode())),
-                           table.select(old.columns).cast(old.schema)])
+        table = pl.concat([old.filter(~pl.col("series").is_in(list(names))).cast(st.EXOGENOUS_SCHEMA),
+                           table.select(list(st.EXOGENOUS_SCHEMA)).cast(st.EXOGENOUS_SCHEMA)])
     st.write_exogenous(store, table)
-    st.update_quarantine(store, [str(path.resolve())], bad.with_columns(file=pl.lit(str(path.resolve()))))
+    files = [str(p.resolve()) for p, _, _ in parts]
+    bad = pl.concat([b.with_columns(file=pl.lit(f)) for f, (_, _, b) in zip(files, parts)])
+    st.update_quarantine(store, files, bad)
     return values.height

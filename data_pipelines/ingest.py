@@ -67,7 +67,7 @@ class Report:
         out += [f"  file rejected: {f}: {p}" for f, p in self.rejected_files.items()]
         out += [f"  file skipped (hidden, or not .csv/.txt/.tsv/.parquet): {f}" for f in self.skipped_files]
         if self.unchecked:
-            out.append(f"  {self.unchecked} rows predate their calendar's first session: accepted on weekdays")
+            out.append(f"  unchecked {self.unchecked}: dated before their exchange calendar's bound, accepted on weekdays")
         return out
 
 
@@ -98,7 +98,7 @@ def _check_rows(rows: pl.DataFrame, opts: Options) -> tuple[pl.DataFrame, pl.Dat
     """Value rules, then sessions of each row's exchange: one pass, one filter."""
     why = rows.select(value_reason(opts.max_price, opts.max_volume).alias("r"))["r"]
     exchange = calendars.exchange_expr(opts.exchanges, opts.exchange)
-    ok = rows.filter(why.is_null()) if why.null_count() < rows.height else rows
+    ok = rows.select("ticker", "date").filter(why.is_null()) if why.null_count() < rows.height else rows
     days = calendars.exchange_sessions(ok, exchange) if ok.height else {}
     return split(rows, pl.coalesce(pl.lit(why), calendars.session_reason(days, exchange)))
 
@@ -137,7 +137,7 @@ def _store_prices(store: Path, rows: pl.DataFrame, opts: Options, rep: Report) -
 def by_ticker(rows: pl.DataFrame) -> dict[str, pl.DataFrame]:
     """ticker -> its rows sorted by date (without the ticker column). Rows in one run per ticker
     (the usual case after dedup) are sliced without copying; otherwise partitioned."""
-    rows = rows.rechunk()  # slices of a many-chunk frame cost O(chunks) each
+    rows = rows.rechunk() if rows.n_chunks() > 16 else rows  # a slice costs O(chunks)
     tick = rows["ticker"]
     starts = np.flatnonzero((tick != tick.shift(1)).fill_null(True).to_numpy())
     body = rows.drop("ticker")
@@ -172,6 +172,8 @@ def run(cfg) -> int:
         raise st.StoreError("nothing to ingest: give path=<file-or-dir> (and/or exogenous.path=, news.path=)")
     opts = Options(**{k: c[k] for k in Options.__dataclass_fields__ if k in c and c[k] is not None})
     opts.exchanges = parse_exchanges(opts.exchanges)
+    if opts.mode not in ("merge", "replace"):
+        raise st.StoreError(f"mode: {opts.mode!r} is not merge or replace")
     rep = ingest(c["path"], c["store"], opts) if c.get("path") else Report()
     usable = rep.rows_stored
     usable += _side_tables(c, rep, opts)
@@ -180,13 +182,6 @@ def run(cfg) -> int:
     if c.get("report"):
         Path(c["report"]).write_text(json.dumps(asdict(rep), indent=1, default=str))
     return 0 if usable else 1
-
-
-def _check_lags(lags: dict, store) -> None:
-    known = set(st.read_exogenous(store)["series"].unique()) if st.read_exogenous(store) is not None else set()
-    unknown = sorted(set(lags) - known - {"default"})
-    if unknown:
-        raise st.StoreError(f"exogenous.lag_days: unknown series {unknown}; the store has {sorted(known)}")
 
 
 def parse_exchanges(value) -> dict[str, str]:
@@ -208,16 +203,21 @@ def _side_tables(c: dict, rep: Report, opts: Options) -> int:
     if (c.get("exogenous") or {}).get("path"):
         from data_pipelines.exogenous import ingest_exogenous
         e = c["exogenous"]
-        files = sorted(p for p in Path(e["path"]).rglob("*") if p.is_file() and not p.name.startswith(".")) \
-            if Path(e["path"]).is_dir() else [Path(e["path"])]
-        lags = e.get("lag_days") or {}
-        n_e = sum(ingest_exogenous(f, c["store"], lags, opts.exchange, check_lags=False) for f in files)
-        _check_lags(lags, c["store"])
-        rep.extra["exogenous_rows"] = n_e
+        rep.extra["exogenous_rows"] = n_e = ingest_exogenous(_files(e["path"]), c["store"], e.get("lag_days") or {},
+                                                            opts.exchange)
         n += n_e
     if (c.get("news") or {}).get("path"):
         from data_pipelines.news import ingest_news
         nw = c["news"]
-        rep.extra["news_rows"] = n_n = ingest_news(nw["path"], c["store"], opts.exchange, nw.get("timezone"))
+        rep.extra["news_rows"] = n_n = sum(ingest_news(f, c["store"], opts.exchange, nw.get("timezone"))
+                                           for f in _files(nw["path"]))
         n += n_n
     return n
+
+
+def _files(path: str) -> list[Path]:
+    """A file, or the visible files under a folder, sorted."""
+    p = Path(path)
+    if not p.exists():
+        raise st.StoreError(f"path {p} does not exist")
+    return sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]

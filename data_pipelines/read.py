@@ -1,9 +1,9 @@
 """Read a file or a directory tree of vendor files into typed rows plus quarantined rows.
 
-Files that share a header (the common case: a folder of one vendor's CSVs) are parsed in one polars
-call over their concatenated bodies; the ticker and line number of each row come from per-file row
-counts. Only records that call cannot parse, and files it cannot take (quotes, bad UTF-8, ragged
-lines), go through the careful path in `parse.py`. Both paths give the same rows.
+Files that share a header (the common case: a folder of one vendor's CSVs) are parsed by one polars
+scan over all of them, in parallel; the ticker and line number of each row come from per-file line
+counts. Only the records that scan cannot parse, and the files it cannot take (quotes, bad UTF-8,
+ragged lines), go through the careful path in `parse.py`. Both paths give the same rows (tested).
 """
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def _open_text(src: Source, date_format: str | None) -> _Text | None:
         src.problem = "empty file"
         return None
     start = sum(len(ln) + 1 for ln in lines[:k + 1])                     # offset of the first data line
-    if start >= len(data) or not re.search(rb"\S", data[start:start + 65536]) and not data[start:].strip():
+    if _NONSPACE.search(data, start) is None:
         src.problem = "header only, no data rows"
         return None
     spec = parse_header(lines[k].decode("utf-8", errors="replace").rstrip("\r"))
@@ -110,6 +110,7 @@ def _open_text(src: Source, date_format: str | None) -> _Text | None:
     return _Text(src, spec, k + 1, rows, clean, plain)
 
 
+_NONSPACE = re.compile(rb"\S")
 _DIGITS = str.maketrans("0123456789", "9999999999")
 _UNAMBIGUOUS: dict[tuple, str] = {}  # sample shapes (digits as 9) starting with a 4-digit year -> format
 

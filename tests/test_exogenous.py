@@ -52,7 +52,7 @@ def test_known_session_past_the_calendar_is_null():
 def test_ingest_wide_macro_file(tmp_path):
     f = tmp_path / "macro.csv"
     f.write_text("DATE,VIX,CPI\n2024-01-02,13.2,\n2024-01-03,14.0,.\n2024-01,,300.1\n2024-01-04,x,\n")
-    n = ingest_exogenous(f, tmp_path / "s", {"CPI": 45})
+    n = ingest_exogenous([f], tmp_path / "s", {"CPI": 45})
     exo = read_exogenous(tmp_path / "s")
     assert n == 3 and exo.rows() == [("CPI", D(2024, 2, 15), 300.1), ("VIX", D(2024, 1, 2), 13.2),
                                      ("VIX", D(2024, 1, 3), 14.0)]

@@ -168,6 +168,8 @@ def test_exogenous_folder_and_unknown_lag_key(tmp_path):
     (tmp_path / "m" / "cpi.csv").write_text("Date,CPI\n1/1/2014,230.1\n")
     cfg = dict(path=None, store=str(tmp_path / "s"), exogenous=dict(path=str(tmp_path / "m"), lag_days={"CPI": 45}))
     assert ing.run(OmegaConf.create(cfg)) == 0
+    before = (tmp_path / "s" / "exogenous.parquet").read_bytes()
     cfg["exogenous"]["lag_days"] = {"CPII": 45}
     with pytest.raises(StoreError, match="unknown series"):
         ing.run(OmegaConf.create(cfg))
+    assert (tmp_path / "s" / "exogenous.parquet").read_bytes() == before  # nothing written
