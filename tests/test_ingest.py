@@ -143,7 +143,7 @@ def test_ticker_pattern_and_file_names(tmp_path):
 def test_pipeline_equals_the_plain_pandas_reference(tmp_path):
     from data_pipelines import bench, synthetic
 
-    synthetic.generate(tmp_path / "m", tickers=6, days=60, seed=2, dirty=0.5, extras=False, split=True,
+    synthetic.generate(tmp_path / "m", tickers=4, days=40, seed=2, dirty=0.5, extras=False, split=True,
                        strength={"price": 0.1})
     src = tmp_path / "m" / "prices"
     ours = bench.polars_ingest(src, tmp_path / "a")

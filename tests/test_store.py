@@ -86,7 +86,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("mode, n", [("write", 1), ("write", 20), ("manifest", 0), ("cleanup", 0), ("timer", 0)])
+@pytest.mark.parametrize("mode, n", [("write", 20), ("manifest", 0), ("cleanup", 0)])
 def test_sigkill_mid_write_leaves_a_consistent_store(tmp_path, mode, n):
     store = tmp_path / "store"
     st.write_prices(store, {f"T{i:02d}": prices(400, i) for i in range(40)})
@@ -94,9 +94,6 @@ def test_sigkill_mid_write_leaves_a_consistent_store(tmp_path, mode, n):
     script = CHILD.format(tests=str(Path(__file__).parent), store=str(store))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent.parent), *sys.path]))
     proc = subprocess.Popen([sys.executable, "-c", script, mode, str(n)], stdout=subprocess.PIPE, env=env)
-    if mode == "timer":
-        proc.stdout.readline()
-        proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     after = consistent(store)
@@ -113,8 +110,8 @@ def test_sigkill_mid_write_leaves_a_consistent_store(tmp_path, mode, n):
 def test_sigkill_of_the_ingest_command_mid_write(tmp_path):
     src, store = tmp_path / "csv", tmp_path / "store"
     src.mkdir()
-    for i in range(200):
-        df = prices(200, i).with_columns(pl.col("date").cast(pl.String))
+    for i in range(120):
+        df = prices(150, i).with_columns(pl.col("date").cast(pl.String))
         df = df.filter(pl.col("date").str.to_date().dt.weekday() <= 5)
         df.rename(str.capitalize).write_csv(src / f"T{i:03d}.csv")
     st.write_prices(store, {"T000": prices(3, 0)})
@@ -122,9 +119,9 @@ def test_sigkill_of_the_ingest_command_mid_write(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "forecast", "ingest", f"path={src}", f"store={store}",
                              "exchange=XNYS"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=Path(__file__).parent.parent)
-    while proc.poll() is None and len(list((store / "prices").glob("ticker=*"))) < 50:
+    while proc.poll() is None and len(list((store / "prices").glob("ticker=*"))) < 30:
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL  # killed, not finished
     after = consistent(store)
-    assert after == old or len(after) == 200  # the previous version, or the whole new one
+    assert after == old or len(after) == 120  # the previous version, or the whole new one
