@@ -2,12 +2,14 @@
 
 Both variants run in the same invocation, each in a fresh process (so peak memory is its own), on
 the same synthetic Yahoo-style CSVs, after one warm-up read of every file (page cache warm for both).
-Each reports its pipeline seconds (from the call of its function, its own imports included), its
-process seconds (interpreter start included) and its peak RSS.
+Each reports its pipeline seconds (from the call of its function, its own imports included), its CPU
+seconds (all threads), its process seconds (interpreter start included) and its peak RSS. The 1-minute
+load average before and after is recorded: on a shared machine, wall times stretch, CPU seconds less.
 """
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -73,8 +75,9 @@ def child(variant: str, src: str, store: str) -> None:
     fn = polars_ingest if variant == "polars" else pandas_ingest
     counts = fn(Path(src), Path(store))
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(dict(variant=variant, seconds=round(seconds, 2), peak_rss_mb=round(peak), **counts)))
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps(dict(variant=variant, seconds=round(seconds, 2), cpu_seconds=round(use.ru_utime + use.ru_stime, 1),
+                          peak_rss_mb=round(use.ru_maxrss / 1024), **counts)))
 
 
 def ingest(cfg) -> int:
@@ -96,15 +99,17 @@ def ingest(cfg) -> int:
     size = sum(p.stat().st_size for p in files)
     for p in files:  # warm the page cache for every variant alike
         p.read_bytes()
+    load = os.getloadavg()[0]
     results = [_run(v, data, cfg.keep) for v in cfg.variants]
-    out = dict(params, files=len(files), csv_mb=round(size / 1e6), cpus=_cpus(), results=results)
+    out = dict(params, files=len(files), csv_mb=round(size / 1e6), cpus=_cpus(),
+               load_avg_1min=[round(load, 1), round(os.getloadavg()[0], 1)], results=results)
     by = {r["variant"]: r for r in results}
     if {"polars", "pandas"} <= set(by):
         out["speedup"] = round(by["pandas"]["seconds"] / by["polars"]["seconds"], 2)
     for r in results:
         print(" ".join(f"{k}={v}" for k, v in r.items()))
     if "speedup" in out:
-        print(f"speedup={out['speedup']}")
+        print(f"speedup={out['speedup']} load_avg_1min(before,after)={out['load_avg_1min']} cpus={out['cpus']}")
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(out, indent=1) + "\n")
@@ -129,8 +134,6 @@ def _run(variant: str, data: Path, keep: bool) -> dict:
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
