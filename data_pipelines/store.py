@@ -16,7 +16,8 @@ the other tables use zstd. Writes are atomic: price files are content-addressed 
 written to a temporary name and renamed over the old one (`os.replace`), and the manifest is replaced
 last, then unreferenced price files are removed. A reader that goes through the manifest always sees
 one consistent version, whatever happened to the writer. A table whose content did not change is not
-rewritten, so re-ingesting the same data changes no file.
+rewritten, so re-ingesting the same data changes no file. One writer at a time: a write removes
+temporary files it finds, including another writer's.
 """
 from __future__ import annotations
 
@@ -152,7 +153,8 @@ def read_prices(store: str | Path, tickers: list[str] | None = None) -> pl.DataF
     tickers = known if tickers is None else list(tickers)
     unknown = [t for t in tickers if t not in known]
     if unknown:
-        raise StoreError(f"unknown ticker(s) {unknown} in store {store}; it has {known}")
+        listing = known if len(known) <= 20 else [*known[:20], f"... {len(known) - 20} more"]
+        raise StoreError(f"unknown ticker(s) {unknown[:20]} in store {store}; it has {listing}")
     files = dict(zip(known, manifest["file"].to_list()))
     frames = [pl.read_parquet(Path(store) / files[t]).with_columns(ticker=pl.lit(t)) for t in tickers]
     return pl.concat(frames).select(["ticker", *PRICE_COLUMNS])

@@ -1,5 +1,6 @@
 """Ingest end to end: formats, the malformed corpus, accounting, idempotence, hostile names, exit codes."""
 import datetime as dt
+import json
 from pathlib import Path
 
 import polars as pl
@@ -74,8 +75,10 @@ def test_hostile_tickers_never_write_outside_the_store(corpus, tmp_path):
 
 
 def test_summary_line_and_exit_codes(corpus, tmp_path, capsys):
-    cfg = OmegaConf.create(dict(path=str(corpus), store=str(tmp_path / "s")))
+    cfg = OmegaConf.create(dict(path=str(corpus), store=str(tmp_path / "s"), report=str(tmp_path / "r.json")))
     assert ing.run(cfg) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["rows_read"] == report["rows_stored"] + report["rows_quarantined"] + report["duplicates"]
     out = capsys.readouterr().out.splitlines()
     head = dict(kv.split("=") for kv in out[0].split())
     assert list(head)[:5] == ["files", "rows_read", "rows_stored", "rows_quarantined", "duplicates"]
