@@ -121,7 +121,7 @@ def _store_prices(store: Path, rows: pl.DataFrame, opts: Options, rep: Report) -
     frames = by_ticker(rows.select("ticker", *st.PRICE_COLUMNS))
     manifest = st.read_manifest(store) if (store / st.MANIFEST).exists() else None
     if manifest is not None and opts.mode == "merge":
-        frames = _merge(store, frames, manifest)
+        frames, rep.extra["replaced_stored_rows"] = _merge(store, frames, manifest)
     cov = calendars.coverage(frames, opts.exchanges, opts.exchange)
     missing = dict(zip(cov["ticker"], cov["missing_sessions"]))
     rep.missing_sessions = int(cov["missing_sessions"].sum())
@@ -149,18 +149,20 @@ def by_ticker(rows: pl.DataFrame) -> dict[str, pl.DataFrame]:
     return {t: df if df["date"].is_sorted() else df.sort("date") for t, df in frames.items()}
 
 
-def _merge(store: Path, frames: dict[str, pl.DataFrame], manifest: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    """Stored rows on dates the new data lacks are kept; on shared dates the new rows win."""
+def _merge(store: Path, frames: dict[str, pl.DataFrame], manifest: pl.DataFrame) -> tuple[dict, int]:
+    """Stored rows on dates the new data lacks are kept; on shared dates the new rows win.
+    Returns the merged frames and the number of stored rows whose values were replaced."""
     stored = dict(zip(manifest["ticker"], manifest["file"]))
     hashes = dict(zip(manifest["ticker"], manifest["content_hash"]))
-    out = {}
+    out, replaced = {}, 0
     for t, df in frames.items():
-        df = df.sort("date")
         if t in stored and st.content_hash(df) != hashes[t]:
             old = pl.read_parquet(store / stored[t]).select(st.PRICE_COLUMNS).cast(df.schema)
+            shared = old.join(df, on="date", how="semi").height
+            replaced += shared - old.join(df, on=st.PRICE_COLUMNS, how="semi").height
             df = pl.concat([old.join(df, on="date", how="anti"), df]).sort("date")
         out[t] = df
-    return out
+    return out, replaced
 
 
 def run(cfg) -> int:

@@ -131,6 +131,10 @@ def test_merge_extends_history_and_replace_mode(tmp_path):
     ing.ingest(a, store)
     ing.ingest(b, store)
     assert read_prices(store)["date"].cast(str).to_list() == ["2024-01-02", "2024-01-03"]
+    b.write_text(YAHOO + "2024-01-02,10,11,9,10.6,10.6,1000\n")  # a vendor correction of a stored day
+    rep = ing.ingest(b, store)
+    assert rep.extra["replaced_stored_rows"] == 1 and read_prices(store)["close"].to_list() == [10.6, 10.7]
+    b.write_text(YAHOO + "2024-01-03,10,11,9,10.7,10.7,1000\n")
     ing.ingest(b, store, ing.Options(mode="replace"))
     assert read_prices(store)["date"].cast(str).to_list() == ["2024-01-03"]
     files = list((store / "prices").rglob("*.parquet"))
