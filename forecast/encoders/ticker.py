@@ -6,10 +6,10 @@ from torch import nn
 
 
 class TickerEncoder(nn.Module):
-    def __init__(self, dims: dict, d_model: int):
+    def __init__(self, dims: dict, d_model: int, init_std: float = 0.02):
         super().__init__()
         self.embed = nn.Embedding(dims["n_tickers"], d_model)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.embed.weight, std=init_std)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         B, L = batch["x"].shape[:2]
