@@ -126,13 +126,14 @@ def run_fold(cfg: DictConfig, fold: Fold, networks: dict[str, DictConfig], n_fol
     t0 = time.perf_counter()
     purge = int(cfg.data.purge) + int(cfg.evaluate.embargo)
     dm = fold_data(cfg, fold, purge)
-    frame = dm.frame[dm.anchors["test"].numpy()].select("ticker", "date", realised=pl.col("target"))
+    frame = dm.frame[dm.anchors["test"].numpy()].select("ticker", "date", fold=pl.lit(fold.index),
+                                                        realised=pl.col("target"))
     row = dict(fold=fold.index, **fold.bounds(), **{f"n_{s}": len(a) for s, a in dm.anchors.items()})
     for name, net in networks.items():
         pred, row[f"val_loss_{name}"] = fit_predict(net, dm, name, fold)
         frame = frame.with_columns(pred.alias("pred" if name == "model" else f"pred_{name}"))
     preds, skipped = baseline_predictions(dm.frame, list(cfg.evaluate.baselines))
-    frame = frame.with_columns(pl.lit(fold.index).alias("fold"), *[s.alias(f"pred_{n}") for n, s in preds.items()])
+    frame = frame.with_columns(*[s.alias(f"pred_{n}") for n, s in preds.items()])
     for name in forecasters(frame):
         m = point_metrics(frame, pred_col(name), cfg.evaluate.ic_window)
         prefix = "fold/test" if name == "model" else f"fold/baseline/{name}/test"
@@ -199,7 +200,7 @@ def verdict(results: dict[str, dict[str, float]]) -> list[str]:
             lines.append(f"the model is NOT better than '{name}': not ahead on {', '.join(lost)}")
         else:
             beaten.append(name)
-    if len(beaten) == len(results) - 1:
+    if beaten and len(beaten) == len(results) - 1:
         lines.append(f"the model beats every baseline on {', '.join(COMPARED)}")
     p = m["dm_rw_p"]
     lines.append(f"Diebold-Mariano vs the random walk: p = {p:.3g}: " + (
@@ -279,9 +280,10 @@ def plot_cumulative(frame: pl.DataFrame, names: list[str], ev: DictConfig, horiz
 def plot_rolling_ic(frame: pl.DataFrame, names: list[str], window: int):
     fig, ax = plt.subplots(figsize=(11, 4))
     for name in names:
+        if ic_series(frame, pred_col(name), window).height == 0:  # constant within every group: no IC
+            continue
         ric = rolling_ic(frame, pred_col(name), window)
-        if ric["ic"].drop_nulls().drop_nans().len():
-            ax.plot(ric["date"], ric["ic"], lw=1.6 if name == "model" else 0.8, label=name)
+        ax.plot(ric["date"], ric["ic"], lw=1.6 if name == "model" else 0.8, label=name)
     ax.axhline(0, color="k", lw=0.5)
     ax.set_title(f"rolling IC ({window} sessions)")
     ax.legend(loc="upper left")
@@ -295,5 +297,7 @@ def plot_scatter(frame: pl.DataFrame):
     ax.set_xlabel("forecast (model)")
     ax.set_ylabel("realised")
     ax.set_title("out-of-sample forecast vs realised")
+    ax.tick_params(axis="x", labelrotation=45)
     ax.legend(loc="upper left", markerscale=4)
+    fig.tight_layout()
     return fig

@@ -87,6 +87,7 @@ def test_an_oracle_scores_ic_one_and_beats_every_baseline(fold_frame):
     text = report(results, {})
     assert "the model beats every baseline" in text and "NOT better" not in text
     assert "significantly lower" in text and results["model"]["ic_low"] > 0.99
+    assert "beats every baseline" not in report({"model": results["model"]}, {})  # nothing to beat
 
 
 def test_a_shuffled_forecast_scores_ic_zero_and_is_called_not_better(fold_frame):
