@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install train test sample clean
+.PHONY: install train evaluate test sample clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 
 train: install
 	$(BIN)/python -m forecast train $(ARGS)
+
+evaluate: install
+	$(BIN)/python -m forecast evaluate $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)
