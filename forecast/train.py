@@ -30,15 +30,16 @@ from forecast.transfer import load_pretrained
 
 def train(cfg: DictConfig) -> float:
     mlflow.set_tracking_uri(cfg.logger.tracking_uri)
-    experiment = mlflow.set_experiment(cfg.logger.experiment_name)
     run_id, ckpt = None, None
     if cfg.get("resume"):
+        experiment = mlflow.set_experiment(cfg.logger.experiment_name)
         run_id, ckpt = resume_target(MlflowClient(), experiment.experiment_id, str(cfg.resume),
                                      cfg.trainer.default_root_dir)
         cfg = stored_config(run_id, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = build_data(cfg)
+    dm = build_data(cfg)  # user errors surface here, before any tracking store is created
     model = instantiate(cfg.model, dims=dm.dims)
+    experiment = mlflow.set_experiment(cfg.logger.experiment_name)
     if cfg.get("init_from") and ckpt is None:
         print(load_pretrained(model, str(cfg.init_from), list(cfg.get("freeze") or [])))
     if os.environ.get("LOCAL_RANK", "0") != "0":  # a DDP worker: it trains, rank 0 logs and tests
