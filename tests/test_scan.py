@@ -124,3 +124,17 @@ def test_auto_falls_back_to_pytorch_without_a_compiler(monkeypatch):
     assert resolve_impl("auto", x) == "torch"
     with pytest.raises(RuntimeError, match="impl=cpu needs a C compiler"):
         resolve_impl("cpu", x)
+
+
+def test_cpu_kernels_leave_the_process_float_state_alone():
+    """Loading or running the compiled kernels must not turn on flush-to-zero for the whole process."""
+    import numpy as np
+
+    from forecast.backbones import cpu_kernels
+    from forecast.backbones.mamba import Mamba
+
+    if not cpu_kernels.available():
+        pytest.skip("no C compiler")
+    m = Mamba(16, impl="cpu")
+    m(torch.randn(2, 8, 16)).sum().backward()
+    assert np.nextafter(np.float64(0), 1) > 0 and np.float32(1e-40) != 0

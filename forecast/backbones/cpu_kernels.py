@@ -23,7 +23,11 @@ import torch
 
 from forecast.backbones.csrc import SOURCE
 
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-shared"]
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC"]
+# Linked WITHOUT -ffast-math: linking with it adds gcc's crtfastmath.o, whose constructor turns on
+# flush-to-zero for the whole process the moment the library loads (the kernels set FTZ themselves
+# and restore the caller's state on return).
+LINK = ["-shared"]
 _P, _I = ctypes.c_void_p, ctypes.c_int
 SIGNATURES = {"scan_fwd": [_P] * 11 + [_I] * 8, "scan_bwd": [_P] * 18 + [_I] * 8,
               "conv_fwd": [_P] * 4 + [_I] * 7, "conv_bwd": [_P] * 7 + [_I] * 7}
@@ -41,19 +45,21 @@ def _cache_dir() -> Path:
 @lru_cache(maxsize=1)
 def _library():
     """Compile (once per source and flags) and load the kernels; None when no compiler works."""
-    key = hashlib.sha256((SOURCE + " ".join(FLAGS)).encode()).hexdigest()[:16]
+    key = hashlib.sha256((SOURCE + " ".join(FLAGS) + " | link " + " ".join(LINK)).encode()).hexdigest()[:16]
     lib = _cache_dir() / f"forecast_kernels_{key}.so"
     if not lib.exists():
         src, tmp = lib.with_suffix(f".{os.getpid()}.c"), lib.with_suffix(f".{os.getpid()}.tmp")
         src.write_text(SOURCE)
+        obj, cc = src.with_suffix(".o"), os.environ.get("CC", "cc")
         try:
-            subprocess.run([os.environ.get("CC", "cc"), *FLAGS, str(src), "-o", str(tmp), "-lm"],
-                           check=True, capture_output=True)
+            subprocess.run([cc, *FLAGS, "-c", str(src), "-o", str(obj)], check=True, capture_output=True)
+            subprocess.run([cc, *LINK, str(obj), "-o", str(tmp), "-lm"], check=True, capture_output=True)
         except (OSError, subprocess.CalledProcessError) as err:
             warnings.warn(f"no CPU kernels (C compiler failed: {err}); Mamba uses the slower PyTorch scan")
             return None
         finally:
             src.unlink(missing_ok=True)
+            obj.unlink(missing_ok=True)
         tmp.replace(lib)  # atomic: a concurrent build never loads a half-written file
     dll = ctypes.CDLL(str(lib))
     for name, args in SIGNATURES.items():
