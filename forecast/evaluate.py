@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from forecast.backtest import STRATEGIES, daily_returns, summary
 from forecast.baselines import BASELINES, FITTED, baseline_predictions
 from forecast.errors import ConfigError
-from forecast.metrics import ic_series, point_metrics, rolling_ic
+from forecast.metrics import flat_metrics, ic_series, point_metrics, rolling_ic
 from forecast.stats import confidence_interval, diebold_mariano, mean_stat, sharpe_stat
 from forecast.walk_forward import Fold, fit_predict, fold_data, make_folds
 
@@ -177,14 +177,6 @@ def score(frame: pl.DataFrame, names: list[str], ev: DictConfig, horizon: int) -
         if name != "model":
             m["dm_model_p"] = diebold_mariano(model_loss, loss, horizon)[1]
         out[name] = m
-    return out
-
-
-def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
-    out = {f"test/{k}": v for k, v in results["model"].items()}
-    for name, metrics in results.items():
-        if name != "model":
-            out.update({f"baseline/{name}/test/{k}": v for k, v in metrics.items()})
     return out
 
 

@@ -79,3 +79,12 @@ def point_metrics(frame: pl.DataFrame, pred_col: str = "pred", ic_window: int = 
         dir_acc=direction_accuracy(pred, realised),
         **rank_metrics(frame, pred_col, ic_window),
     )
+
+
+def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """MLflow names: the model's under `test/`, each baseline's under `baseline/<name>/test/`."""
+    out = {f"test/{k}": v for k, v in results["model"].items()}
+    for name, metrics in results.items():
+        if name != "model":
+            out.update({f"baseline/{name}/test/{k}": v for k, v in metrics.items()})
+    return out

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from forecast.baselines import BASELINES
 from forecast.checkpoint import AtomicCheckpointIO, resume_target
 from forecast.errors import ConfigError
-from forecast.metrics import point_metrics
+from forecast.metrics import flat_metrics, point_metrics
 from forecast.registry import promote
 from forecast.sweep import PARENT_RUN_ENV
 from forecast.tracking import log_artifacts, log_config
@@ -119,14 +119,6 @@ def with_baselines(frame: pl.DataFrame, dm) -> pl.DataFrame:
 def score(frame: pl.DataFrame) -> dict[str, dict[str, float]]:
     """{'model': metrics, '<baseline>': metrics} on the same test anchors."""
     return {"model": point_metrics(frame), **{n: point_metrics(frame, f"pred_{n}") for n in BASELINES}}
-
-
-def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
-    out = {f"test/{k}": v for k, v in results["model"].items()}
-    for name, metrics in results.items():
-        if name != "model":
-            out.update({f"baseline/{name}/test/{k}": v for k, v in metrics.items()})
-    return out
 
 
 def report(results: dict[str, dict[str, float]]) -> str:
