@@ -7,7 +7,6 @@ their fresh initialisation, and the message says which.
 from __future__ import annotations
 
 import mlflow
-import torch
 from torch import nn
 
 from forecast.errors import ConfigError
