@@ -12,7 +12,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 from forecast.errors import UserError
 
@@ -35,6 +37,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(f.fileno())
         os.replace(tmp, path)
         self.seconds += time.perf_counter() - start
+
+
+class ResumedMLFlowLogger(MLFlowLogger):
+    """MLFlowLogger that logs each (metric, step) once. Lightning logs an epoch's metrics before it
+    writes that epoch's checkpoint, so a run killed in between re-runs the epoch on resume; its
+    values (the same, as training is deterministic) are not logged a second time."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._seen: set[tuple[str, int]] | None = None
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        if self._seen is None:
+            client = self.experiment
+            keys = client.get_run(self.run_id).data.metrics
+            self._seen = {(k, m.step) for k in keys for m in client.get_metric_history(self.run_id, k)}
+        fresh = {k: v for k, v in metrics.items() if (k, step or 0) not in self._seen}
+        self._seen |= {(k, step or 0) for k in fresh}
+        if fresh:
+            super().log_metrics(fresh, step)
 
 
 class StepSeed(L.Callback):

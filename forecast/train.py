@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from forecast.baselines import BASELINES
-from forecast.checkpoint import AtomicCheckpointIO, resume_target
+from forecast.checkpoint import AtomicCheckpointIO, ResumedMLFlowLogger, resume_target
 from forecast.errors import ConfigError
 from forecast.metrics import flat_metrics, point_metrics
 from forecast.registry import promote
@@ -85,8 +85,8 @@ def fit(cfg: DictConfig, dm, model: L.LightningModule, run_id: str | None, ckpt)
     """Trainer.fit, resuming from `ckpt` when given; returns the trainer and the share of the fit
     time spent writing checkpoints."""
     io = AtomicCheckpointIO()
-    logger = MLFlowLogger(experiment_name=cfg.logger.experiment_name, tracking_uri=cfg.logger.tracking_uri,
-                          run_id=run_id)
+    logger = (MLFlowLogger if ckpt is None else ResumedMLFlowLogger)(
+        experiment_name=cfg.logger.experiment_name, tracking_uri=cfg.logger.tracking_uri, run_id=run_id)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=[io])
     start = time.perf_counter()

@@ -60,6 +60,22 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     assert 0 < b_m["perf/checkpoint_fraction"] < 1
 
 
+def test_a_resumed_logger_logs_each_epoch_once(tmp_path):
+    """The epoch re-run after a crash (its metrics were logged, its checkpoint not yet written)."""
+    from forecast.checkpoint import ResumedMLFlowLogger
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    for step in range(3):
+        client.log_metric(run_id, "val/loss", 1.0 / (step + 1), step=step)
+    logger = ResumedMLFlowLogger(experiment_name="e", tracking_uri=uri, run_id=run_id)
+    logger.log_metrics({"val/loss": 1 / 3, "train/loss": 0.5}, step=2)  # epoch 2 again
+    logger.log_metrics({"val/loss": 0.25, "train/loss": 0.4}, step=3)
+    assert [m.step for m in client.get_metric_history(run_id, "val/loss")] == [0, 1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [2, 3]
+
+
 def test_optuna_sweep_is_one_parent_with_three_children_and_a_champion(tmp_path):
     p = subprocess.run(_cmd(tmp_path, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "register=true",
                             f"hydra.sweep.dir={tmp_path}/sweep"), capture_output=True, text=True, timeout=900)
