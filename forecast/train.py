@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from forecast.baselines import BASELINES
+from forecast.baselines import BASELINES, FITTED, baseline_predictions
 from forecast.checkpoint import AtomicCheckpointIO, ResumedMLFlowLogger, resume_target
 from forecast.errors import ConfigError
 from forecast.metrics import flat_metrics, point_metrics
@@ -36,6 +36,9 @@ def train(cfg: DictConfig) -> float:
         run_id, ckpt = resume_target(MlflowClient(), experiment.experiment_id, str(cfg.resume),
                                      cfg.trainer.default_root_dir)
         cfg = stored_config(run_id, cfg)
+    unknown = sorted(set(cfg.get("baselines", [])) - set(BASELINES) - set(FITTED))
+    if unknown:
+        raise ConfigError("baselines", f"unknown {unknown}; known: {[*BASELINES, *FITTED]}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_data(cfg)  # user errors surface here, before any tracking store is created
     model = instantiate(cfg.model, dims=dm.dims)
@@ -52,7 +55,7 @@ def train(cfg: DictConfig) -> float:
             log_config(cfg, dm)
         trainer, ckpt_fraction = fit(cfg, dm, model, run.info.run_id, ckpt)
         val_loss = load_best(trainer, model)
-        frame = with_baselines(dm.predictions_frame("test", predict(model, dm)), dm)
+        frame = with_baselines(dm.predictions_frame("test", predict(model, dm)), dm, list(cfg.get("baselines", [])))
         results = score(frame)
         metrics = {**flat_metrics(results), "val/best_loss": val_loss, "perf/checkpoint_fraction": ckpt_fraction}
         mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})
@@ -111,14 +114,18 @@ def predict(model: L.LightningModule, dm) -> torch.Tensor:
     return torch.cat(out)  # (N,)
 
 
-def with_baselines(frame: pl.DataFrame, dm) -> pl.DataFrame:
-    train = dm.frame.filter(pl.col("split") == "train")
-    return frame.with_columns(**{f"pred_{name}": fn(frame, train) for name, fn in BASELINES.items()})
+def with_baselines(frame: pl.DataFrame, dm, names: list[str]) -> pl.DataFrame:
+    """The test frame with a `pred_<name>` column per baseline (forecasts of the same anchors)."""
+    preds, skipped = baseline_predictions(dm.frame, names)
+    for name, reason in skipped.items():
+        print(f"note: baseline {name!r} skipped: {reason}")
+    return frame.with_columns(**{f"pred_{n}": p for n, p in preds.items()})
 
 
 def score(frame: pl.DataFrame) -> dict[str, dict[str, float]]:
     """{'model': metrics, '<baseline>': metrics} on the same test anchors."""
-    return {"model": point_metrics(frame), **{n: point_metrics(frame, f"pred_{n}") for n in BASELINES}}
+    names = [c.removeprefix("pred_") for c in frame.columns if c.startswith("pred_")]
+    return {"model": point_metrics(frame), **{n: point_metrics(frame, f"pred_{n}") for n in names}}
 
 
 def report(results: dict[str, dict[str, float]]) -> str:
