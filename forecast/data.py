@@ -22,6 +22,7 @@ from forecast.errors import ConfigError, UserError
 
 FEATURES = ["ret", "gap", "intraday", "range", "dvol"]
 SPLITS = ("train", "val", "test")
+LABELS = ("raw", "cs_demean", "cs_zscore")
 
 
 def price_features(prices: pl.DataFrame) -> pl.DataFrame:
@@ -41,6 +42,23 @@ def add_target(df: pl.DataFrame, horizon: int) -> pl.DataFrame:
     """target = log(close[t+h] / close[t]); null where t+h is past the ticker's last session."""
     future = pl.col("close").shift(-horizon).over("ticker")
     return df.with_columns(target=(future / pl.col("close")).log())
+
+
+def cross_sectional_label(df: pl.DataFrame, how: str) -> np.ndarray:
+    """The label each anchor is trained and validated on, (N,) (null target -> 0): the raw forward
+    return, or per date across the anchors of that date and split (`cs_demean`: minus their mean;
+    `cs_zscore`: also divided by their std, 0 where that is 0). Only same-date labels of the same split
+    enter, as in Qlib's CSZScoreNorm label processor; features are never touched."""
+    y = pl.col("target")
+    if how == "raw":
+        return df.select(y.fill_null(0.0))["target"].to_numpy()
+    anchor = pl.col("split").is_not_null() & y.is_not_null()
+    by = ("date", "split")
+    out = y - y.filter(anchor).mean().over(*by)
+    if how == "cs_zscore":
+        sd = y.filter(anchor).std(ddof=0).over(*by)
+        out = pl.when(sd > 0).then(out / sd).otherwise(0.0)
+    return df.select(pl.when(anchor).then(out).otherwise(0.0).fill_null(0.0).alias("label"))["label"].to_numpy()
 
 
 def split_dates(dates: pl.Series, val_start, test_start, val_frac: float, test_frac: float) -> tuple[date, date]:
@@ -73,11 +91,12 @@ def assign_split(df: pl.DataFrame, window: int, purge: int, val_start: date, tes
 
 class WindowDataset(Dataset):
     """Windows gathered in one indexing op per batch: the sampler yields lists of sample indices.
-    `inputs` holds per-row tensors (N, ...) such as the price features `x`; each becomes (B, L, ...)."""
+    `inputs` holds per-row tensors (N, ...) such as the price features `x`; each becomes (B, L, ...).
+    `date` (B,) identifies the anchor's session, the cross-section its forecast is ranked in."""
 
     def __init__(self, inputs: dict[str, torch.Tensor], ticker: torch.Tensor, target: torch.Tensor,
-                 anchors: torch.Tensor, window: int):
-        self.inputs, self.ticker, self.target, self.anchors = inputs, ticker, target, anchors
+                 anchors: torch.Tensor, window: int, date: torch.Tensor):
+        self.inputs, self.ticker, self.target, self.anchors, self.date = inputs, ticker, target, anchors, date
         self.offsets = torch.arange(-window + 1, 1)  # (L,)
 
     def __len__(self) -> int:
@@ -87,7 +106,7 @@ class WindowDataset(Dataset):
         a = self.anchors[idx]  # (B,)
         rows = a[:, None] + self.offsets  # (B, L)
         windows = {name: v[rows] for name, v in self.inputs.items()}  # each (B, L, ...)
-        return dict(windows, ticker=self.ticker[a], y=self.target[a], row=a)
+        return dict(windows, ticker=self.ticker[a], y=self.target[a], row=a, date=self.date[a])
 
 
 class EpochBatchSampler(Sampler):
@@ -126,7 +145,7 @@ class MarketData(L.LightningDataModule):
                  purge: int | None = None, val_start: str | None = None, test_start: str | None = None,
                  val_frac: float = 0.15, test_frac: float = 0.15, batch_size: int = 128, num_workers: int = 0,
                  modalities: list[str] = ("price",), train_start: str | None = None, test_end: str | None = None,
-                 seed: int = 0):
+                 seed: int = 0, label: str = "raw"):
         super().__init__()
         purge = horizon if purge is None else purge
         for key, value, low in [("window", window, 2), ("horizon", horizon, 1), ("batch_size", batch_size, 1),
@@ -143,6 +162,9 @@ class MarketData(L.LightningDataModule):
         self.modalities = [str(m) for m in modalities]
         unknown = sorted(set(self.modalities) - set(known_modalities()))
         _check(not unknown, "modalities", f"unknown {unknown}; known: {known_modalities()}")
+        _check(label in LABELS, "label", f"must be one of {list(LABELS)}, got {label!r}")
+        self.label = label
+        self._check_label(self.tickers)
         self.fold = tuple(None if d is None else date.fromisoformat(str(d)) for d in (train_start, test_end))
         self.frame: pl.DataFrame | None = None
 
@@ -156,6 +178,7 @@ class MarketData(L.LightningDataModule):
         self.val_start, self.test_start = split_dates(df["date"], *self.bounds)
         _check(self.val_start < self.test_start, "val_start",
                f"must be before test_start, got {self.val_start} >= {self.test_start}")
+        self._check_label(df["ticker"].unique().to_list())
         self.frame = assign_split(df, self.window, self.purge, self.val_start, self.test_start, *self.fold)
         counts = {s: self.frame.filter(pl.col("split") == s).height for s in SPLITS}
         for s, n in counts.items():
@@ -173,8 +196,11 @@ class MarketData(L.LightningDataModule):
             fit.select(*[pl.col(c).drop_nans().std().alias(c) for c in FEATURES]).row(0)
         self.feature_mean = np.array(stats[0], dtype=np.float64)
         self.feature_std = np.array([s if s and s > 0 else 1.0 for s in stats[1]], dtype=np.float64)
-        train_y = df.filter(pl.col("split") == "train")["target"]
-        self.target_mean, self.target_std = float(train_y.mean()), float(train_y.std())
+        train = (df["split"] == "train").fill_null(False).to_numpy()
+        self.target_mean = float(df.filter(pl.col("split") == "train")["target"].mean())
+        label = cross_sectional_label(df, self.label)  # (N,) what the loss sees, before scaling
+        demeaned = label if self.label != "cs_zscore" else cross_sectional_label(df, "cs_demean")
+        self.target_std = float(np.std(demeaned[train], ddof=1))  # forecasts x this = log-return units
         x = df.select(FEATURES).to_numpy()
         x = np.nan_to_num((x - self.feature_mean) / self.feature_std, nan=0.0, posinf=0.0, neginf=0.0)
         self.inputs = {"x": torch.tensor(x, dtype=torch.float32)}  # (N, F)
@@ -182,8 +208,10 @@ class MarketData(L.LightningDataModule):
         self.vocab = sorted(set(df.filter(pl.col("split") == "train")["ticker"].to_list()))
         ids = {t: i + 1 for i, t in enumerate(self.vocab)}  # 0: a ticker unseen in training
         self.ticker_ids = torch.tensor([ids.get(t, 0) for t in df["ticker"].to_list()], dtype=torch.long)
-        y = df["target"].fill_null(0.0).to_numpy()
-        self.targets = torch.tensor(y / self.target_std, dtype=torch.float32)  # (N,) in train-std units
+        scale = 1.0 if self.label == "cs_zscore" else self.target_std
+        self.targets = torch.tensor(label / scale, dtype=torch.float32)  # (N,) in train-std units
+        days = df["date"].cast(pl.Int32).to_numpy()  # days since 1970: the cross-section of a sample
+        self.date_ids = torch.tensor(days, dtype=torch.long)
         self.anchors = {s: torch.tensor(np.flatnonzero((df["split"] == s).to_numpy()), dtype=torch.long)
                         for s in SPLITS}
 
@@ -207,7 +235,8 @@ class MarketData(L.LightningDataModule):
         return dims
 
     def dataset(self, split: str) -> WindowDataset:
-        return WindowDataset(self.inputs, self.ticker_ids, self.targets, self.anchors[split], self.window)
+        return WindowDataset(self.inputs, self.ticker_ids, self.targets, self.anchors[split], self.window,
+                             self.date_ids)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         """Train and val batches are sharded across DDP ranks; test batches never (rank 0 tests alone)."""
@@ -234,6 +263,12 @@ class MarketData(L.LightningDataModule):
         rows = self.anchors[split].numpy()
         out = self.frame[rows].select("ticker", "date", realised=pl.col("target"))
         return out.with_columns(pred=pl.Series(pred.double().numpy() * self.target_std))
+
+    def _check_label(self, tickers: list[str] | None) -> None:
+        """A cross-sectional label needs a cross-section: more than one ticker."""
+        if self.label != "raw" and tickers is not None and len(set(tickers)) < 2:
+            raise ConfigError("label", f"{self.label} transforms the label per date across tickers, but the run "
+                                       f"has one ticker {sorted(set(tickers))}; set it to raw")
 
 
 def known_modalities() -> list[str]:

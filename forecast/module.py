@@ -1,13 +1,18 @@
 """Forecaster: encoders -> fusion -> backbone -> head, with parts built by Hydra from `conf/model/`."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import lightning as L
+import polars as pl
 import torch
 from torch import nn
 
 from forecast.errors import ConfigError
+from forecast.metrics import rank_metrics
+
+NOT_INPUTS = ("y", "row", "date")  # batch keys the model never sees
 
 
 class Forecaster(L.LightningModule):
@@ -37,24 +42,41 @@ class Forecaster(L.LightningModule):
         h = self.backbone(self.fusion(parts))  # (B, L, D)
         return self.head(h)  # (B,)
 
-    def _step(self, batch: dict, split: str) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k not in ("y", "row")}
-        loss = self.head.loss(self(**inputs), batch["y"])
+    def _step(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        pred = self(**{k: v for k, v in batch.items() if k not in NOT_INPUTS})  # (B,)
+        loss = self.head.loss(pred, batch["y"])
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(batch["y"]), sync_dist=True)
-        return loss
+        return loss, pred
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_preds = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "val")
+        loss, pred = self._step(batch, "val")
+        self._val_preds.append((batch["ticker"], batch["date"], pred.detach(), batch["y"]))
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        """`val/ic`: the IC of the validation forecasts, as `test/ic` is defined (forecast/metrics.py).
+        A per-date shift or scale of the label (data.label) leaves it unchanged."""
+        if not self._val_preds:
+            return
+        ticker, day, pred, y = (torch.cat(c).cpu() for c in zip(*self._val_preds))  # each (N,)
+        frame = pl.DataFrame(dict(ticker=ticker.numpy(), date=day.numpy(), pred=pred.double().numpy(),
+                                  realised=y.double().numpy()))
+        ic = rank_metrics(frame)["ic"]
+        if not math.isnan(ic):
+            self.log("val/ic", ic, sync_dist=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test")
+        return self._step(batch, "test")[0]
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self(**{k: v for k, v in batch.items() if k not in ("y", "row")})
+        return self(**{k: v for k, v in batch.items() if k not in NOT_INPUTS})
 
     def configure_optimizers(self):
         optimizer = self.make_optimizer(params=self.parameters())

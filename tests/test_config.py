@@ -44,7 +44,7 @@ def test_every_experiment_composes_and_instantiates(experiment):
 
 def _batch(dm):
     batch = dm.dataset("train")[[0, 1]]
-    return {k: v for k, v in batch.items() if k not in ("y", "row")}
+    return {k: v for k, v in batch.items() if k not in ("y", "row", "date")}
 
 
 def test_multi_ticker_adds_the_ticker_encoder_and_uses_every_ticker():

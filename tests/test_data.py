@@ -131,3 +131,68 @@ def test_a_walk_forward_fold_keeps_its_bounds():
     assert test.min() >= date(2011, 1, 1) and test.max() < date(2012, 1, 1)
     fit = read_prices("data/sample", ["SPX"]).filter((pl.col("date") >= date(2003, 1, 1)))
     assert dm.features.shape[0] == f.height and fit.height < f.height  # history before the fold is kept as context
+
+
+def test_cross_sectional_labels_are_per_date_and_leave_features_and_reports_raw():
+    raw, dm, z = (_dm("data/sample", label=how) for how in ("raw", "cs_demean", "cs_zscore"))
+    assert all(torch.equal(raw.inputs[k], d.inputs[k]) for d in (dm, z) for k in raw.inputs)  # features untouched
+    for split in ("train", "val"):
+        rows = dm.anchors[split]
+        f = dm.frame[rows.numpy()].select("date", dm=pl.Series(dm.targets[rows].numpy()),
+                                         z=pl.Series(z.targets[rows].numpy()))
+        per_date = f.group_by("date").agg(pl.col("dm").mean(), pl.col("z").mean(), pl.col("z").std(ddof=0).alias("sd"),
+                                          n=pl.len())
+        assert per_date["dm"].abs().max() < 1e-5 and per_date["z"].abs().max() < 1e-5
+        several = per_date.filter(pl.col("n") > 1)
+        assert several.height > 100 and (several["sd"] - 1).abs().max() < 1e-4
+    # forecasts are reported in log-return units against the raw realised return
+    assert dm.frame["target"].equals(raw.frame["target"])
+    out = dm.predictions_frame("test", torch.ones(len(dm.anchors["test"])))
+    assert out["realised"].equals(raw.frame[raw.anchors["test"].numpy()]["target"].rename("realised"))
+    assert np.allclose(out["pred"].to_numpy(), dm.target_std) and dm.target_std == pytest.approx(z.target_std)
+
+
+def test_cross_sectional_label_uses_only_same_date_labels_of_its_split():
+    from forecast.data import cross_sectional_label
+
+    df = pl.DataFrame(dict(date=[1, 1, 1, 2, 2, 3, 3], split=["train", "train", None, "train", "train", "val", "val"],
+                           target=[1.0, 3.0, 50.0, 2.0, None, 4.0, 8.0]))
+    assert cross_sectional_label(df, "cs_demean").tolist() == [-1.0, 1.0, 0.0, 0.0, 0.0, -2.0, 2.0]
+    assert cross_sectional_label(df, "cs_zscore").tolist() == [-1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 1.0]
+    later = df.with_columns(target=pl.when(pl.col("date") > 1).then(pl.col("target") * 7).otherwise(pl.col("target")))
+    nonanchor = df.with_columns(target=pl.when(pl.col("split").is_null()).then(-1e6).otherwise(pl.col("target")))
+    for how in ("cs_demean", "cs_zscore"):
+        assert cross_sectional_label(later, how)[:3].tolist() == cross_sectional_label(df, how)[:3].tolist()
+        assert cross_sectional_label(nonanchor, how).tolist() == cross_sectional_label(df, how).tolist()
+
+
+@pytest.mark.parametrize("kw", [dict(tickers=["SPX"], label="cs_demean"), dict(tickers="GOOG", label="cs_zscore"),
+                                dict(tickers=None, label="nope")])
+def test_bad_labels_name_the_key(kw):
+    with pytest.raises(ConfigError) as e:
+        MarketData("data/sample", **kw)
+    assert e.value.key == "label"
+
+
+def test_a_one_ticker_store_rejects_a_cross_sectional_label(tmp_path):
+    prices = read_prices("data/sample", ["SPX"]).drop("ticker")
+    write_prices(tmp_path / "s", {"SPX": prices})
+    with pytest.raises(ConfigError, match="one ticker") as e:
+        MarketData(str(tmp_path / "s"), tickers=None, label="cs_demean").setup()
+    assert e.value.key == "label"
+
+
+def test_cli_names_data_label_in_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from forecast.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "data.label=cs_demean", f"hydra.run.dir={tmp_path}/out",
+              f"logger.tracking_uri=sqlite:///{tmp_path}/m.db"])
+    GlobalHydra.instance().clear()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith("error: data.label: "), err
