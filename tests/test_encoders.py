@@ -8,14 +8,14 @@ from hydra.utils import instantiate
 from conftest import CONF
 from forecast.encoders.calendar import CalendarEncoder
 from forecast.encoders.exogenous import ExogenousEncoder
-from forecast.encoders.fusion import ConcatFusion, GatedFusion, SumFusion
+from forecast.encoders.fusion import ConcatFusion, FiLMFusion, GatedFusion, SumFusion
 from forecast.encoders.news import NewsEncoder, SentenceNewsEncoder
 
 B, L, K, D = 4, 10, 6, 16
 DIMS = dict(n_features=5, n_tickers=4, window=L, n_calendar=30, n_exog=4, n_exog_mask=4, n_news_tokens=K,
             n_news_weights=K, n_news_emb=384)
 ALL = ["price", "ticker", "calendar", "exogenous", "news", "news_minilm"]
-FUSIONS = ["sum", "concat", "gated"]
+FUSIONS = ["sum", "concat", "gated", "film"]
 
 
 def fake_batch(seed=0) -> dict:
@@ -115,6 +115,72 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _random_film(fusion: FiLMFusion) -> FiLMFusion:
+    torch.nn.init.normal_(fusion.film.weight, std=0.3)  # away from the identity initialisation
+    torch.nn.init.normal_(fusion.film.bias, std=0.3)
+    return fusion
+
+
+def test_film_modulates_by_the_ticker_and_ignores_masked_steps():
+    model = _model("film", "lstm")
+    fusion = _random_film(model.fusion)
+    batch = fake_batch()
+    parts = {n: enc(batch) for n, enc in model.encoders.items()}
+    out = fusion(parts)
+    assert out.shape == (B, L, D) and torch.isfinite(out).all()
+    e, m = parts["exogenous"]
+    noisy = dict(parts, exogenous=(e + 100 * (~m)[..., None], m))  # shift (beta) must not leak either
+    assert torch.allclose(fusion(noisy), out, atol=1e-5)
+    # the same exogenous input is read differently for another ticker: the product is explicit
+    te, tm = parts["ticker"]
+    other = dict(parts, ticker=(te.roll(1, 0), tm))
+    only_ticker = dict(other, exogenous=(parts["exogenous"][0] * 0, parts["exogenous"][1]))
+    base = dict(parts, exogenous=only_ticker["exogenous"])
+    assert not torch.allclose(fusion(other) - fusion(only_ticker), fusion(parts) - fusion(base), atol=1e-3)
+
+
+def test_film_without_the_condition_or_a_modality_still_predicts():
+    model = _model("film", "lstm")
+    _random_film(model.fusion)
+    batch = fake_batch()
+    full = model(**batch)
+    no_exog = model(**{k: v for k, v in batch.items() if not k.startswith("exog")})  # series absent
+    assert torch.isfinite(no_exog).all() and not torch.allclose(full, no_exog)
+    parts = {n: enc(batch) for n, enc in model.encoders.items()}
+    e, m = parts["ticker"]
+    masked = model.fusion(dict(parts, ticker=(e, torch.zeros_like(m))))  # the condition dropped
+    assert masked.shape == (B, L, D) and torch.isfinite(masked).all()
+    plain = _model("film", "lstm", ["price", "calendar"])  # no ticker at all: a plain sum
+    assert plain.fusion.cond is None and torch.isfinite(plain(**batch)).all()
+
+
+def test_film_learns_a_per_ticker_loading_on_a_shared_series(one_thread):
+    """y = b_ticker x s, s a shared series in the exogenous input: a product FiLM makes explicit."""
+    torch.manual_seed(0)
+    model = _model("film", "lstm", ["price", "ticker", "exogenous"], "model.encoders.ticker.init_std=1.0").train()
+    b = torch.tensor([0.0, 1.0, -1.0, 0.5])
+
+    def batch(n, g):
+        s = torch.randn(n, L, 4, generator=g)
+        ticker = torch.randint(1, 4, (n,), generator=g)
+        inputs = dict(x=torch.randn(n, L, 5, generator=g), ticker=ticker, exog=s,
+                      exog_mask=torch.ones(n, L, 4, dtype=torch.bool))
+        return inputs, b[ticker] * s[:, -1, 0]
+
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        inputs, y = batch(64, g)
+        loss = torch.nn.functional.mse_loss(model(**inputs), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    inputs, y = batch(512, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pred = model.eval()(**inputs)
+    assert torch.corrcoef(torch.stack([pred, y]))[0, 1] > 0.9  # sum fusion: ~0.7 after 60 steps
 
 
 def test_model_trained_with_news_still_predicts_without_news(one_thread):

@@ -1,4 +1,5 @@
-"""Fusion of per-modality embeddings into one (B, L, D) sequence: sum, concat + projection, or gated.
+"""Fusion of per-modality embeddings into one (B, L, D) sequence: sum, concat + projection, gated, or
+FiLM by the ticker.
 
 Every fusion takes {name: ((B, L, D) embeddings, (B, L) mask)}; a masked step contributes nothing but
 the fact that it is missing. Modality dropout (training only) masks a whole modality for a random
@@ -95,3 +96,31 @@ class GatedFusion(_Stacked):
         context = e.sum(2, keepdim=True).expand_as(e)  # (B, L, M, D)
         g = torch.sigmoid(torch.einsum("blmk,mkd->blmd", torch.cat([e, context], -1), self.w) + self.b)
         return self.norm((g * e).sum(2))  # (B, L, D)
+
+
+class FiLMFusion(_Stacked):
+    """FiLM by one conditioning modality (the ticker by default): every other modality's embedding is
+    scaled and shifted channel-wise by a linear function of the condition's embedding c,
+    e_m * (1 + gamma_m(c)) + beta_m(c), so a per-ticker loading on a shared series (macro, calendar)
+    is one product away. The modulated embeddings are summed with c and normalised. A masked
+    modality contributes nothing; a masked or absent condition gives c = 0, so gamma and beta fall
+    back to their biases (the model still predicts without it). Starts as a plain sum (zero init)."""
+
+    def __init__(self, d_model: int, modalities: list[str], condition: str = "ticker",
+                 modality_dropout: float = 0.0, keep: tuple[str, ...] = ("price",)):
+        super().__init__(modalities, modality_dropout, keep)
+        self.cond = self.order.index(condition) if condition in self.order else None
+        self.others = [i for i, name in enumerate(self.order) if name != condition]
+        self.film = nn.Linear(d_model, 2 * len(self.others) * d_model)  # c -> (gamma, beta) per modality
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        self.norm = nn.LayerNorm(d_model)
+
+    def fuse(self, parts: Parts) -> torch.Tensor:
+        e, m = self.stack(parts)  # (B, L, M, D) masked embeddings, (B, L, M)
+        B, L, _, D = e.shape
+        c = e[:, :, self.cond] if self.cond is not None else e.new_zeros(B, L, D)  # (B, L, D), 0 if masked
+        gamma, beta = self.film(c).view(B, L, 2, len(self.others), D).unbind(2)  # each (B, L, M', D)
+        eo, mo = e[:, :, self.others], m[:, :, self.others, None]  # (B, L, M', D), (B, L, M', 1)
+        modulated = (eo * (1 + gamma) + beta) * mo  # (B, L, M', D)
+        return self.norm(modulated.sum(2) + c)  # (B, L, D)
