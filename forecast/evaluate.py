@@ -13,15 +13,19 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date
+from multiprocessing import get_context
 from pathlib import Path
 
 import matplotlib
 import mlflow
 import numpy as np
 import polars as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -52,11 +56,11 @@ def evaluate(cfg: DictConfig) -> float:
     with mlflow.start_run(run_name=cfg.get("run_name")) as run:
         log_config(cfg, folds)
         parts, rows, skipped = [], [], {}
-        for fold in folds:
-            frame, row, skip = run_fold(cfg, fold, networks, len(folds))
+        for frame, row, skip, fold_metrics in run_folds(cfg, folds, networks, run.info.run_id):
             parts.append(frame)
             rows.append(row)
             skipped.update(skip)
+            mlflow.log_metrics(fold_metrics, step=row["fold"])
         frame = pl.concat(parts).sort("ticker", "date")
         names = forecasters(frame)
         results = score(frame, names, ev, cfg.data.horizon)
@@ -77,6 +81,9 @@ def check_settings(ev: DictConfig) -> None:
     for key, low in [("cost_bps", 0), ("top_k", 1), ("ic_window", 3), ("n_boot", 10)]:
         if not (isinstance(ev[key], (int, float)) and ev[key] >= low):
             raise ConfigError(f"evaluate.{key}", f"must be a number >= {low}, got {ev[key]!r}")
+    workers = ev.get("workers")
+    if workers is not None and not (isinstance(workers, int) and workers >= 1):
+        raise ConfigError("evaluate.workers", f"must be null or an integer >= 1, got {workers!r}")
     unknown = sorted(set(ev.baselines) - set(BASELINES) - set(FITTED))
     if unknown:
         raise ConfigError("evaluate.baselines", f"unknown {unknown}; known: {[*BASELINES, *FITTED]}")
@@ -120,9 +127,34 @@ def network_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     return nets
 
 
-def run_fold(cfg: DictConfig, fold: Fold, networks: dict[str, DictConfig], n_folds: int):
-    """One fold's test-block forecasts by every network and baseline, a row for the fold table, and the
-    baselines skipped with their reason."""
+def run_folds(cfg: DictConfig, folds: list[Fold], networks: dict[str, DictConfig], parent_id: str) -> list:
+    """run_fold for every fold, in order; `evaluate.workers` folds at a time in separate processes,
+    the cores shared between them (each fold seeds itself, so the results do not depend on it)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(int(cfg.evaluate.get("workers") or cores), len(folds))
+    jobs = [(cfg, fold, networks, len(folds), parent_id) for fold in folds]
+    if workers <= 1:
+        return [run_fold(*job) for job in jobs]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker,
+                             initargs=(max(1, cores // workers),)) as pool:
+        return list(pool.map(_run_fold_job, jobs))
+
+
+def _worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+
+def _run_fold_job(job: tuple):
+    cfg = job[0]
+    mlflow.set_tracking_uri(cfg.logger.tracking_uri)
+    mlflow.set_experiment(cfg.logger.experiment_name)
+    return run_fold(*job)
+
+
+def run_fold(cfg: DictConfig, fold: Fold, networks: dict[str, DictConfig], n_folds: int, parent_id: str):
+    """One fold's test-block forecasts by every network and baseline, a row for the fold table, the
+    baselines skipped with their reason, and the fold's metrics (logged at step = fold index)."""
     t0 = time.perf_counter()
     purge = int(cfg.data.purge) + int(cfg.evaluate.embargo)
     dm = fold_data(cfg, fold, purge)
@@ -130,19 +162,20 @@ def run_fold(cfg: DictConfig, fold: Fold, networks: dict[str, DictConfig], n_fol
                                                         realised=pl.col("target"))
     row = dict(fold=fold.index, **fold.bounds(), **{f"n_{s}": len(a) for s, a in dm.anchors.items()})
     for name, net in networks.items():
-        pred, row[f"val_loss_{name}"] = fit_predict(net, dm, name, fold)
+        pred, row[f"val_loss_{name}"] = fit_predict(net, dm, name, fold, parent_id)
         frame = frame.with_columns(pred.alias("pred" if name == "model" else f"pred_{name}"))
     preds, skipped = baseline_predictions(dm.frame, list(cfg.evaluate.baselines))
     frame = frame.with_columns(*[s.alias(f"pred_{n}") for n, s in preds.items()])
+    fold_metrics = {}
     for name in forecasters(frame):
         m = point_metrics(frame, pred_col(name), cfg.evaluate.ic_window)
         prefix = "fold/test" if name == "model" else f"fold/baseline/{name}/test"
-        mlflow.log_metrics({f"{prefix}/{k}": v for k, v in m.items() if math.isfinite(v)}, step=fold.index)
+        fold_metrics.update({f"{prefix}/{k}": v for k, v in m.items() if math.isfinite(v)})
     losses = ", ".join(f"{n} {row[f'val_loss_{n}']:.4f}" for n in networks)
     print(f"fold {fold.index + 1}/{n_folds}: test {frame['date'].min()}..{frame['date'].max()} "
           f"({row['n_test']} forecasts, {row['n_train']} train, {row['n_val']} val); best val/loss: {losses}; "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
-    return frame, row, skipped
+    return frame, row, skipped, fold_metrics
 
 
 def pred_col(name: str) -> str:

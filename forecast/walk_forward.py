@@ -76,20 +76,21 @@ def fold_data(cfg: DictConfig, fold: Fold, purge: int):
     return dm
 
 
-def fit_predict(cfg: DictConfig, dm, name: str, fold: Fold) -> tuple[pl.Series, float]:
+def fit_predict(cfg: DictConfig, dm, name: str, fold: Fold, parent_id: str) -> tuple[pl.Series, float]:
     """Train `cfg.model` on the fold's train split in a nested MLflow run, keep the checkpoint with the
-    best validation loss (the test split chooses nothing), forecast the test split. Returns the
+    best validation loss (the test split chooses nothing), forecast the test split. The nested run
+    is a child of `parent_id`, also when this runs in a worker process. Returns the
     forecasts in log-return units, in the order of the test anchors, and the best validation loss."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = instantiate(cfg.model, dims=dm.dims)
-    with mlflow.start_run(run_name=f"fold {fold.index} {name}", nested=True) as run:
+    with mlflow.start_run(run_name=f"fold {fold.index} {name}", parent_run_id=parent_id,
+                          nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags({"fold": fold.index, "network": name})
         mlflow.log_params({f"fold.{k}": v for k, v in fold.bounds().items()})
         logger = MLFlowLogger(experiment_name=cfg.logger.experiment_name, tracking_uri=cfg.logger.tracking_uri,
                               run_id=run.info.run_id)
         callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-        trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
-)
+        trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
         trainer.fit(model, datamodule=dm)
         best = trainer.checkpoint_callback
         ckpt = "best" if best and best.best_model_path else None

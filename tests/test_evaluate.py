@@ -107,10 +107,10 @@ def test_topk_with_one_ticker_names_the_key():
 
 def test_two_fold_evaluate_logs_model_and_baselines_to_mlflow(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = _cfg(*TINY, f"logger.tracking_uri={uri}", f"trainer.default_root_dir={tmp_path}/ckpt",
-               "evaluate.start=2017-01-01", "evaluate.end=2018-01-01", "evaluate.retrain_every=126",
-               "evaluate.val_sessions=252", "evaluate.n_boot=100")
-    mse = evaluate(cfg)
+    cfg_args = [*TINY, f"logger.tracking_uri={uri}", f"trainer.default_root_dir={tmp_path}/ckpt",
+                "evaluate.start=2017-01-01", "evaluate.end=2018-01-01", "evaluate.retrain_every=126",
+                "evaluate.val_sessions=252", "evaluate.n_boot=100"]
+    mse = evaluate(_cfg(*cfg_args))
     out = capsys.readouterr().out.strip().splitlines()
     m = re.fullmatch(r"run_id=(\w+) tracking_uri=(\S+)", out[-1])
     assert m and m.group(2) == uri and any(line.startswith("transformer") for line in out)
@@ -135,3 +135,12 @@ def test_two_fold_evaluate_logs_model_and_baselines_to_mlflow(tmp_path, capsys):
                                                       str(tmp_path)))
     assert preds.select("ticker", "date").is_duplicated().sum() == 0 and preds["fold"].unique().to_list() == [0, 1]
     assert preds["date"].min() >= date(2017, 1, 1) and preds["date"].max() < date(2018, 1, 1)
+    # the folds above ran in worker processes (one per core); in this process they give the same
+    uri1 = f"sqlite:///{tmp_path}/sequential.db"
+    assert evaluate(_cfg(*[o for o in cfg_args if "tracking_uri" not in o], f"logger.tracking_uri={uri1}",
+                         "evaluate.workers=1")) == pytest.approx(mse, rel=1e-6)
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ConfigError, match="evaluate.workers"):
+        evaluate(_cfg(*TINY, "evaluate.workers=0"))
