@@ -115,6 +115,9 @@ def main(argv: list[str]) -> None:
         fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
     overrides = argv[len(command.split()):]
     config_name, target = COMMANDS[command]
+    from forecast.allocator import retain_freed_memory
+
+    retain_freed_memory()  # before any tensor exists
     if not any(o.startswith("--") for o in overrides):
         validate(config_name, [o for o in overrides if o not in ("-m", "--multirun")])
     import hydra

@@ -48,6 +48,9 @@ def _reset_peak():
 
 
 def _setup(cfg: dict):
+    from forecast.allocator import retain_freed_memory
+
+    retain_freed_memory()  # as the CLI does for training
     torch.manual_seed(0)
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])

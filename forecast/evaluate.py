@@ -141,6 +141,9 @@ def run_folds(cfg: DictConfig, folds: list[Fold], networks: dict[str, DictConfig
 
 
 def _worker(threads: int) -> None:
+    from forecast.allocator import retain_freed_memory
+
+    retain_freed_memory()  # as the CLI does in the parent process
     torch.set_num_threads(threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
