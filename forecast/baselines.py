@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from forecast.data import FEATURES
+from forecast.errors import ConfigError
 
 
 class BaselineUnavailable(RuntimeError):
@@ -83,6 +84,13 @@ def lgbm(frame: pl.DataFrame, lags: int = 5, seed: int = 0) -> pl.Series:
 
 BASELINES = {"zero": zero, "hist_mean": hist_mean}
 FITTED = {"ridge": ridge, "lgbm": lgbm}
+
+
+def check_names(names, key: str) -> None:
+    """A ConfigError naming the config `key` when a baseline in `names` does not exist."""
+    unknown = sorted(set(names) - set(BASELINES) - set(FITTED))
+    if unknown:
+        raise ConfigError(key, f"unknown {unknown}; known: {[*BASELINES, *FITTED]}")
 
 
 def baseline_predictions(frame: pl.DataFrame, names: list[str]) -> tuple[dict[str, pl.Series], dict[str, str]]:

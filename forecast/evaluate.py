@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from forecast.backtest import STRATEGIES, daily_returns, summary
-from forecast.baselines import BASELINES, FITTED, baseline_predictions
+from forecast.baselines import baseline_predictions, check_names
 from forecast.errors import ConfigError
 from forecast.metrics import flat_metrics, ic_series, point_metrics, rolling_ic
 from forecast.stats import confidence_interval, diebold_mariano, mean_stat, sharpe_stat
@@ -84,9 +84,7 @@ def check_settings(ev: DictConfig) -> None:
     workers = ev.get("workers")
     if workers is not None and not (isinstance(workers, int) and workers >= 1):
         raise ConfigError("evaluate.workers", f"must be null or an integer >= 1, got {workers!r}")
-    unknown = sorted(set(ev.baselines) - set(BASELINES) - set(FITTED))
-    if unknown:
-        raise ConfigError("evaluate.baselines", f"unknown {unknown}; known: {[*BASELINES, *FITTED]}")
+    check_names(ev.baselines, "evaluate.baselines")
 
 
 def make_folds_for(cfg: DictConfig) -> list[Fold]:

@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from forecast.baselines import BASELINES, FITTED, baseline_predictions
+from forecast.baselines import baseline_predictions, check_names
 from forecast.checkpoint import AtomicCheckpointIO, ResumedMLFlowLogger, resume_target
 from forecast.errors import ConfigError
 from forecast.metrics import flat_metrics, point_metrics
@@ -36,9 +36,7 @@ def train(cfg: DictConfig) -> float:
         run_id, ckpt = resume_target(MlflowClient(), experiment.experiment_id, str(cfg.resume),
                                      cfg.trainer.default_root_dir)
         cfg = stored_config(run_id, cfg)
-    unknown = sorted(set(cfg.get("baselines", [])) - set(BASELINES) - set(FITTED))
-    if unknown:
-        raise ConfigError("baselines", f"unknown {unknown}; known: {[*BASELINES, *FITTED]}")
+    check_names(cfg.get("baselines", []), "baselines")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_data(cfg)  # user errors surface here, before any tracking store is created
     model = instantiate(cfg.model, dims=dm.dims)
