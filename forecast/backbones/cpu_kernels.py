@@ -11,6 +11,7 @@ vectorises expf) into a cache folder and called through ctypes, channels split a
 """
 import ctypes
 import hashlib
+import platform
 import os
 import subprocess
 import tempfile
@@ -42,10 +43,21 @@ def _cache_dir() -> Path:
         return Path(tempfile.gettempdir())
 
 
+def _cpu_id() -> str:
+    """What `-march=native` builds for: the CPU model and feature flags (Linux), else the machine type.
+    Part of the cache key, so a home folder shared by different CPUs never loads another's build."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine()
+    return "|".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags", "Features"))}))
+
+
 @lru_cache(maxsize=1)
 def _library():
-    """Compile (once per source and flags) and load the kernels; None when no compiler works."""
-    key = hashlib.sha256((SOURCE + " ".join(FLAGS) + " | link " + " ".join(LINK)).encode()).hexdigest()[:16]
+    """Compile (once per source, flags and CPU) and load the kernels; None when no compiler works."""
+    key = hashlib.sha256((SOURCE + " ".join(FLAGS) + " | link " + " ".join(LINK) + " | cpu " + _cpu_id()).encode())
+    key = key.hexdigest()[:16]
     lib = _cache_dir() / f"forecast_kernels_{key}.so"
     if not lib.exists():
         src, tmp = lib.with_suffix(f".{os.getpid()}.c"), lib.with_suffix(f".{os.getpid()}.tmp")
