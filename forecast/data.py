@@ -4,7 +4,9 @@ A sample is anchored at the close of session t: its input window holds the featu
 t-L+1..t (each computed from data up to that session only) and its target is the forward log return
 log(close[t+h] / close[t]). Splits are by date: a train anchor's purge horizon ends before
 `val_start`, a validation anchor's before `test_start`, so no label of one split overlaps the next.
-Normalisation statistics are fitted on train-period rows only.
+Normalisation statistics are fitted on train-period rows only. `label` picks what the loss sees: the
+target itself, or the target transformed per date across tickers (cross_sectional_label); forecasts
+are always reported in log-return units beside the raw target.
 """
 from __future__ import annotations
 
@@ -145,7 +147,7 @@ class MarketData(L.LightningDataModule):
                  purge: int | None = None, val_start: str | None = None, test_start: str | None = None,
                  val_frac: float = 0.15, test_frac: float = 0.15, batch_size: int = 128, num_workers: int = 0,
                  modalities: list[str] = ("price",), train_start: str | None = None, test_end: str | None = None,
-                 seed: int = 0, label: str = "raw"):
+                 seed: int = 0, label: str = "raw", exog_level_window: int | None = None):
         super().__init__()
         purge = horizon if purge is None else purge
         for key, value, low in [("window", window, 2), ("horizon", horizon, 1), ("batch_size", batch_size, 1),
@@ -164,6 +166,9 @@ class MarketData(L.LightningDataModule):
         _check(not unknown, "modalities", f"unknown {unknown}; known: {known_modalities()}")
         _check(label in LABELS, "label", f"must be one of {list(LABELS)}, got {label!r}")
         self.label = label
+        _check(exog_level_window is None or (isinstance(exog_level_window, int) and exog_level_window >= 4),
+               "exog_level_window", f"must be null or an integer >= 4, got {exog_level_window!r}")
+        self.exog_level_window = exog_level_window
         self._check_label(self.tickers)
         self.fold = tuple(None if d is None else date.fromisoformat(str(d)) for d in (train_start, test_end))
         self.frame: pl.DataFrame | None = None
@@ -222,7 +227,8 @@ class MarketData(L.LightningDataModule):
             return {}
         from forecast.modalities import row_inputs
 
-        return row_inputs(extra, self.frame, self.store, fit_rows)
+        return row_inputs(extra, self.frame, self.store, fit_rows,
+                          {"exogenous": {"level_window": self.exog_level_window}})
 
     @property
     def features(self) -> torch.Tensor:

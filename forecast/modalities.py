@@ -25,11 +25,13 @@ MAX_NEWS_TOKENS = 128  # hashed n-grams kept per (ticker, session); more are cut
 MINILM_CACHE = "news_minilm.parquet"  # headline -> sentence embedding, written once per headline
 
 
-def row_inputs(names: list[str], frame: pl.DataFrame, store: str, fit_rows: np.ndarray) -> dict[str, torch.Tensor]:
-    """The per-row tensors of the modalities `names` (keys of MODALITIES)."""
+def row_inputs(names: list[str], frame: pl.DataFrame, store: str, fit_rows: np.ndarray,
+               options: dict[str, dict] | None = None) -> dict[str, torch.Tensor]:
+    """The per-row tensors of the modalities `names` (keys of MODALITIES); `options[name]` are passed
+    to that modality's function as keyword arguments."""
     out = {}
     for name in names:
-        out.update(MODALITIES[name](frame, store, fit_rows))
+        out.update(MODALITIES[name](frame, store, fit_rows, **(options or {}).get(name, {})))
     return out
 
 
@@ -107,23 +109,35 @@ def exogenous_table(store: str) -> pl.DataFrame:
     return exog.drop_nulls("value").filter(pl.col("value").is_finite())
 
 
-def exogenous_wide(exog: pl.DataFrame, dates: pl.Series) -> tuple[list[str], pl.DataFrame]:
+def exogenous_wide(exog: pl.DataFrame, dates: pl.Series, level_window: int | None = None
+                   ) -> tuple[list[str], pl.DataFrame]:
     """For each date, each series' latest value known on or before it (null before its first value),
-    and its change since the previous date: columns `<series>` and `<series>:chg`."""
+    and its change since the previous date: columns `<series>` and `<series>:chg`. With
+    `level_window`, the level is replaced by its z-score against its own trailing `level_window`
+    dates (this one included; null until half of them are known), so a trending series stays in the
+    range seen in training."""
     series = sorted(exog["series"].unique().to_list())
     grid = pl.DataFrame({"date": dates.unique().sort()}).join(pl.DataFrame({"series": series}), how="cross")
     joined = grid.sort("date").join_asof(exog.sort("date"), on="date", by="series", strategy="backward",
                                               check_sortedness=False)  # sorted by date within each series
     wide = joined.pivot(on="series", index="date", values="value").sort("date")
     changes = [(pl.col(s) - pl.col(s).shift(1)).alias(f"{s}:chg") for s in series]
-    return series, wide.select("date", *series).with_columns(changes)
+    wide = wide.select("date", *series).with_columns(changes)
+    if level_window:
+        n = max(level_window // 2, 2)
+        mean = lambda s: pl.col(s).rolling_mean(level_window, min_samples=n)  # noqa: E731
+        std = lambda s: pl.col(s).rolling_std(level_window, min_samples=n)  # noqa: E731
+        wide = wide.with_columns(pl.when(std(s) > 0).then((pl.col(s) - mean(s)) / std(s)).alias(s) for s in series)
+    return series, wide
 
 
-def exogenous_inputs(frame: pl.DataFrame, store: str, fit_rows: np.ndarray) -> dict[str, torch.Tensor]:
-    """`exog` (N, 2S): each series' level and change, z-scored with training-period statistics and
-    clipped to +-5; `exog_mask` (N, 2S): True where the value was known. A series never known in the
-    training period cannot be scaled and is masked everywhere (with a warning)."""
-    series, wide = exogenous_wide(exogenous_table(store), frame["date"])
+def exogenous_inputs(frame: pl.DataFrame, store: str, fit_rows: np.ndarray,
+                     level_window: int | None = None) -> dict[str, torch.Tensor]:
+    """`exog` (N, 2S): each series' level (or its trailing z-score, see exogenous_wide) and change,
+    z-scored with training-period statistics and clipped to +-5; `exog_mask` (N, 2S): True where the
+    value was known. A series never known in the training period cannot be scaled and is masked
+    everywhere (with a warning)."""
+    series, wide = exogenous_wide(exogenous_table(store), frame["date"], level_window)
     cols = [c for s in series for c in (s, f"{s}:chg")]
     values = frame.select("date").join(wide, on="date", how="left").select(cols).to_numpy().astype(np.float64)
     known = np.isfinite(values)  # (N, 2S)

@@ -108,7 +108,8 @@ def test_unseen_tickers_share_id_zero(tmp_path):
 
 
 @pytest.mark.parametrize("kw,key", [(dict(window=1), "window"), (dict(horizon=0), "horizon"),
-                                    (dict(horizon=2, purge=1), "purge"), (dict(batch_size=0), "batch_size")])
+                                    (dict(horizon=2, purge=1), "purge"), (dict(batch_size=0), "batch_size"),
+                                    (dict(exog_level_window=2), "exog_level_window")])
 def test_bad_values_name_their_key(kw, key):
     with pytest.raises(ConfigError) as e:
         MarketData("data/sample", **kw)

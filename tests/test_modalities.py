@@ -13,7 +13,7 @@ from data_pipelines.news import ingest_news
 from data_pipelines.store import NEWS_SCHEMA, write_exogenous, write_news, write_prices
 from forecast.data import MarketData
 from forecast.errors import UserError
-from forecast.modalities import calendar_features, ngram_ids
+from forecast.modalities import calendar_features, exogenous_wide, ngram_ids
 
 CAL = xcals.get_calendar("XNYS", start="2019-12-01", end="2021-12-31")
 SESSIONS = [d.date() for d in CAL.sessions_in_range("2020-01-02", "2021-06-30")]
@@ -164,6 +164,26 @@ def test_exogenous_is_as_of_and_normalised_on_train_rows(tmp_path):
     fit = (d < date(2020, 10, 1)).to_numpy() & known.numpy()
     assert abs(float(x[fit].mean())) < 1e-5  # z-scored on the training rows
     assert x[at(date(2021, 2, 16))] == 5.0  # far out of the training range: clipped, not refitted
+
+
+def test_exogenous_level_window_is_causal_and_keeps_a_trend_in_range(store, tmp_path):
+    """data.exog_level_window: each level against its own trailing window, so a steady trend gives a
+    constant input (not one beyond the training range), and nothing after t changes a row dated <= t."""
+    days = pl.Series(SESSIONS)
+    trend = pl.DataFrame(dict(series="trend", date=SESSIONS, value=np.arange(len(SESSIONS), dtype=float)))
+    _, wide = exogenous_wide(trend, days, level_window=10)
+    level = wide["trend"]
+    assert level[:4].null_count() == 4 and level[4:].null_count() == 0  # known from half a window on
+    assert float(level[9:].max() - level[9:].min()) < 1e-9  # a full window: the same z for every date
+    t = date(2021, 2, 1)
+    build = lambda s: MarketData(s, tickers=None, window=8, val_start="2020-10-01",  # noqa: E731
+                                 test_start="2021-01-04", modalities=["price", "exogenous"], exog_level_window=20)
+    a, b = build(store), build(make_store(tmp_path / "late", mutate_after=t))
+    a.setup(), b.setup()
+    early = torch.from_numpy((a.frame["date"] <= t).to_numpy())
+    for key in ("exog", "exog_mask"):
+        assert torch.equal(a.inputs[key][early], b.inputs[key][early]), key
+    assert not torch.equal(a.inputs["exog"][~early], b.inputs["exog"][~early])
 
 
 def test_calendar_features_on_known_dates():

@@ -8,13 +8,15 @@ from torch import nn
 class ExogenousEncoder(nn.Module):
     """An MLP over each series' value (zeroed where unknown) beside its known/unknown flag, so a missing
     value is distinguishable from a value of zero. A step is masked when no series is known.
-    A batch without `exog` (the series are absent at prediction time) gives an all-masked output."""
+    A batch without `exog` (the series are absent at prediction time) gives an all-masked output.
+    `hidden: 0` makes it linear: the embedding cannot single out a date from the joint levels of the
+    series (with a ticker-conditioned fusion, a per-ticker linear loading on each series is left)."""
 
     def __init__(self, dims: dict, d_model: int, hidden: int = 64, dropout: float = 0.0):
         super().__init__()
         self.n = dims["n_exog"]
         self.mlp = nn.Sequential(nn.Linear(2 * self.n, hidden), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, d_model))
+                                 nn.Linear(hidden, d_model)) if hidden else nn.Linear(2 * self.n, d_model)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         x = batch.get("exog")  # (B, L, S)
