@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4  # glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8  # glibc's mallopt parameters (malloc.h)
 KEEP = 2**31 - 1  # bytes: mallopt takes an int
 
 
@@ -25,4 +25,6 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False  # not glibc
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return all(mallopt(key, value) for key, value in [(M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP), (M_TOP_PAD, KEEP)])
+    # one arena: a block freed by any thread goes back to the heap the next step allocates from
+    settings = [(M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP), (M_TOP_PAD, KEEP)]
+    return all(mallopt(key, value) for key, value in settings)

