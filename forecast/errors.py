@@ -12,6 +12,9 @@ class ConfigError(UserError, ValueError):
         super().__init__(f"{key}: {message}")
         self.key, self.message = key, message
 
+    def __reduce__(self):  # rebuilt from (key, message) when it crosses a process boundary
+        return type(self), (self.key, self.message)
+
     def within(self, group: str) -> "ConfigError":
         """The same error with its key qualified by the config group that holds it."""
         return ConfigError(f"{group}.{self.key}", self.message)

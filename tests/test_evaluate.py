@@ -144,3 +144,12 @@ def test_two_fold_evaluate_logs_model_and_baselines_to_mlflow(tmp_path, capsys):
 def test_workers_must_be_positive():
     with pytest.raises(ConfigError, match="evaluate.workers"):
         evaluate(_cfg(*TINY, "evaluate.workers=0"))
+
+
+def test_a_config_error_crosses_the_process_boundary_of_a_fold_worker():
+    """Fold workers return their errors pickled (as ProcessPoolExecutor does); a ConfigError must come
+    back with its key and message, so the CLI still prints one line naming the key."""
+    import pickle
+
+    err = pickle.loads(pickle.dumps(ConfigError("evaluate", "fold 0 {...}: train split is empty")))
+    assert isinstance(err, ConfigError) and err.key == "evaluate" and str(err).startswith("evaluate: fold 0")
