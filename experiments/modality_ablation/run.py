@@ -3,11 +3,16 @@ modality on, then with each one removed, on the same date split; compare the tes
 perfect model of the components each configuration can see, on the very same test anchors.
 
     python experiments/modality_ablation/run.py [--seeds 0 1] [extra train overrides ...]
+    python experiments/modality_ablation/run.py --tune NAME [--configs all,without_news] [--seeds 0] [overrides ...]
 
 Builds the market once (`python -m forecast synth`, then `ingest`) under outputs/modality_ablation/,
 trains every configuration with `python -m forecast train experiment=modality_ablation`, writes
 experiments/modality_ablation/results.{json,md} and logs the table to MLflow (experiment
 `modality_ablation`, one summary run beside the training runs).
+
+`--tune NAME` is for choosing settings: it trains the chosen configurations and appends their
+validation IC (`val/ic` at the epoch kept, the one with the best validation loss) to tuning.{json,md};
+it never reads a test metric.
 """
 from __future__ import annotations
 
@@ -100,48 +105,97 @@ def component_corr(run_id: str, test: pl.DataFrame) -> dict[str, float]:
     return {k: float(np.corrcoef(f["pred"], f[k])[0, 1]) for k in COMPONENTS}
 
 
-def train_all(store: str, seeds: list[int], extra: list[str], test: pl.DataFrame) -> dict[str, list[dict]]:
+def train_one(store: str, name: str, seed: int, extra: list[str], prefix: str = "ablation") -> str:
+    """Train configuration `name` with `seed`; returns the MLflow run id."""
     env = dict(os.environ, OMP_NUM_THREADS="1")  # small models: one thread beats two contended ones
+    out = run("train", "experiment=modality_ablation", f"data.store={store}", f"modalities=[{','.join(CONFIGS[name])}]",
+              f"seed={seed}", f"run_name={prefix}_{slug(name)}_seed{seed}", f"logger.tracking_uri={URI}",
+              "trainer.enable_progress_bar=false", *extra, env=env)
+    return re.search(r"run_id=(\w+)", out.strip().splitlines()[-1]).group(1)
+
+
+def validation(client: MlflowClient, run_id: str) -> dict:
+    """val/ic and val/loss at the epoch kept (the best validation loss), and the epochs trained."""
+    loss = client.get_metric_history(run_id, "val/loss")
+    ic = {m.step: m.value for m in client.get_metric_history(run_id, "val/ic")}
+    best = min(loss, key=lambda m: m.value)
+    return dict(val_ic=ic.get(best.step, float("nan")), val_loss=best.value,
+                best_epoch=sorted(m.step for m in loss).index(best.step) + 1, epochs=len(loss))
+
+
+def train_all(store: str, seeds: list[int], extra: list[str], test: pl.DataFrame) -> dict[str, list[dict]]:
     client, runs = MlflowClient(URI), {name: [] for name in CONFIGS}
     for seed in seeds:
-        for name, mods in CONFIGS.items():
-            out = run("train", "experiment=modality_ablation", f"data.store={store}", f"modalities=[{','.join(mods)}]",
-                      f"seed={seed}", f"run_name=ablation_{slug(name)}_seed{seed}", f"logger.tracking_uri={URI}",
-                      "trainer.enable_progress_bar=false", *extra, env=env)
-            run_id = re.search(r"run_id=(\w+)", out.strip().splitlines()[-1]).group(1)
+        for name in CONFIGS:
+            run_id = train_one(store, name, seed, extra)
             metrics = client.get_run(run_id).data.metrics
             runs[name].append(dict(seed=seed, run_id=run_id, ic=metrics["test/ic"], rank_ic=metrics["test/rank_ic"],
-                                   found=component_corr(run_id, test)))
-            print(f"{name:<12} seed={seed} test/ic={metrics['test/ic']:.4f} run_id={run_id}", flush=True)
+                                   **validation(client, run_id), found=component_corr(run_id, test)))
+            print(f"{name:<12} seed={seed} val/ic={runs[name][-1]['val_ic']:.4f} test/ic={metrics['test/ic']:.4f} "
+                  f"run_id={run_id}", flush=True)
     return runs
 
 
+def tune(store: str, tag: str, configs: list[str], seeds: list[int], extra: list[str]) -> None:
+    """Validation IC only: append one row per (configuration, seed) to tuning.json, rewrite tuning.md."""
+    client, path = MlflowClient(URI), HERE / "tuning.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    for seed in seeds:
+        for name in configs:
+            run_id = train_one(store, name, seed, extra, prefix=f"tune_{tag}")
+            rows.append(dict(tag=tag, config=name, seed=seed, overrides=" ".join(extra), run_id=run_id,
+                             **validation(client, run_id)))
+            print(f"{tag} {name} seed={seed} val/ic={rows[-1]['val_ic']:.4f} epoch={rows[-1]['best_epoch']}/"
+                  f"{rows[-1]['epochs']}", flush=True)
+            path.write_text(json.dumps(rows, indent=1))
+    (HERE / "tuning.md").write_text(tuning_table(rows))
+
+
+def tuning_table(rows: list[dict]) -> str:
+    lines = ["Validation IC of the settings tried (`--tune`; the test split is never read). `val/ic` is taken at",
+             "the epoch kept (best validation loss). Overrides are relative to conf/experiment/modality_ablation.yaml.",
+             "", "| setting | configuration | seed | overrides | val IC | epoch kept / trained |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['tag']} | {r['config']} | {r['seed']} | `{r['overrides'] or '-'}` | {r['val_ic']:.4f} | "
+              f"{r['best_epoch']}/{r['epochs']} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def mean_sd(values: list[float], sign: str = "") -> str:
+    return f"{statistics.mean(values):{sign}.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
+
+
 def table(runs: dict, oracle: dict, oracle_json: dict, command: str) -> str:
-    full = statistics.mean(r["ic"] for r in runs["all"])
+    """One row per configuration: means ± sd over seeds; drops are paired by seed (all - without)."""
+    full = {r["seed"]: r["ic"] for r in runs["all"]}
     lines = [f"Command: `{command}`", "",
              f"Oracle IC of every component on the test anchors: **{oracle['all']:.4f}** "
              f"(oracle.json, whole sample: {oracle_json['all']['ic']:.4f}). IC = mean daily cross-sectional "
-             "Pearson correlation (test/ic).", "",
-             "| configuration | test IC (mean ± sd over seeds) | % of full oracle | drop vs all | oracle IC of the "
-             "components it can see | planted share (oracle drop) | " + " | ".join(f"corr. with {k}" for k in COMPONENTS)
-             + " |", "|---" * (6 + len(COMPONENTS)) + "|"]
+             f"Pearson correlation (test/ic). Seeds: {sorted(full)}; ± is the sd over seeds.", "",
+             "| configuration | val IC | test IC | test IC per seed | % of full oracle | drop vs all (paired) | "
+             "oracle IC of the components it can see | planted share (oracle drop) | "
+             + " | ".join(f"corr. with {k}" for k in COMPONENTS) + " |", "|---" * (8 + len(COMPONENTS)) + "|"]
     for name in CONFIGS:
         ics = [r["ic"] for r in runs[name]]
-        mean, sd = statistics.mean(ics), statistics.stdev(ics) if len(ics) > 1 else 0.0
-        drop = "" if name == "all" else f"{full - mean:+.4f}"
+        drop = "" if name == "all" else mean_sd([full[r["seed"]] - r["ic"] for r in runs[name]], "+")
         share = "" if name == "all" else f"{oracle['all'] - oracle[name]:+.4f}"
         found = [statistics.mean(r["found"][k] for r in runs[name]) for k in COMPONENTS]
-        lines.append(f"| {name} | {mean:.4f} ± {sd:.4f} | {100 * mean / oracle['all']:.0f}% | {drop} | "
-                     f"{oracle[name]:.4f} | {share} | " + " | ".join(f"{c:.2f}" for c in found) + " |")
+        lines.append(f"| {name} | {mean_sd([r['val_ic'] for r in runs[name]])} | {mean_sd(ics)} | "
+                     f"{', '.join(f'{x:.3f}' for x in ics)} | {100 * statistics.mean(ics) / oracle['all']:.0f}% | "
+                     f"{drop} | {oracle[name]:.4f} | {share} | " + " | ".join(f"{c:.2f}" for c in found) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--tune", help="record the validation IC of these overrides under this name")
+    parser.add_argument("--configs", default="all", help="with --tune, comma-separated: all,without_price,...")
     args, extra = parser.parse_known_args()
     os.chdir(ROOT)
     store = build_market()
+    if args.tune:
+        by_slug = {slug(n): n for n in CONFIGS}
+        return tune(store, args.tune, [by_slug[c] for c in args.configs.split(",")], args.seeds, extra)
     test = test_components(store, extra)
     oracle = oracle_ics(test)
     runs = train_all(store, args.seeds, extra, test)
@@ -159,6 +213,7 @@ def main() -> None:
         for name in CONFIGS:
             key = slug(name)
             mlflow.log_metric(f"{key}/test_ic", statistics.mean(r["ic"] for r in runs[name]))
+            mlflow.log_metric(f"{key}/val_ic", statistics.mean(r["val_ic"] for r in runs[name]))
             mlflow.log_metric(f"{key}/oracle_ic", oracle[name])
         mlflow.log_text(text, "results.md")
     print(text)
