@@ -156,6 +156,18 @@ def test_film_without_the_condition_or_a_modality_still_predicts():
     assert plain.fusion.cond is None and torch.isfinite(plain(**batch)).all()
 
 
+def _fit(model, batch, steps: int) -> None:
+    """Adam, lr 3e-3, on `steps` fresh batches of 64 drawn by batch(n, generator) from seed 0."""
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        inputs, y = batch(64, g)
+        loss = torch.nn.functional.mse_loss(model(**inputs), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def test_film_learns_a_per_ticker_loading_on_a_shared_series(one_thread):
     """y = b_ticker x s, s a shared series in the exogenous input: a product FiLM makes explicit."""
     torch.manual_seed(0)
@@ -169,14 +181,7 @@ def test_film_learns_a_per_ticker_loading_on_a_shared_series(one_thread):
                       exog_mask=torch.ones(n, L, 4, dtype=torch.bool))
         return inputs, b[ticker] * s[:, -1, 0]
 
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(60):
-        inputs, y = batch(64, g)
-        loss = torch.nn.functional.mse_loss(model(**inputs), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit(model, batch, 60)
     inputs, y = batch(512, torch.Generator().manual_seed(1))
     with torch.no_grad():
         pred = model.eval()(**inputs)
@@ -201,14 +206,7 @@ def test_model_trained_with_news_still_predicts_without_news(one_thread):
         return dict(x=x, ticker=torch.zeros(n, dtype=torch.long), news_tokens=tokens,
                     news_weights=(tokens > 0).float()), y
 
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        inputs, y = batch(64, g)
-        loss = torch.nn.functional.mse_loss(model(**inputs), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit(model, batch, 300)
     model.eval()
     inputs, y = batch(512, torch.Generator().manual_seed(1))
     with torch.no_grad():
