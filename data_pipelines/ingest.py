@@ -11,7 +11,6 @@ duplicates` always holds. The exit code is 1 only when nothing usable was found.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 

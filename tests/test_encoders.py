@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from conftest import CONF
 from forecast.encoders.calendar import CalendarEncoder
 from forecast.encoders.exogenous import ExogenousEncoder
-from forecast.encoders.fusion import ConcatFusion, FiLMFusion, GatedFusion, SumFusion
+from forecast.encoders.fusion import FiLMFusion
 from forecast.encoders.news import NewsEncoder, SentenceNewsEncoder
 
 B, L, K, D = 4, 10, 6, 16

@@ -1,13 +1,11 @@
 """Experiments at the scale of use: a killed run resumes to the same result, a sweep is one parent
 run with a child per trial and registers its best, DDP on 2 CPU processes logs one run, and a
 model starts from another run's weights."""
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mlflow
 import numpy as np

@@ -59,9 +59,9 @@ def test_first_failing_rule_wins_and_valid_rows_pass(tmp_path):
 def test_dedup_exact_dropped_conflict_last_read_wins(tmp_path):
     d = tmp_path / "in"
     d.mkdir()
-    (d / "a_old.csv").write_text(f"Date,Open,High,Low,Close,Volume,Ticker\n2024-01-03,1,2,0.5,1.5,10,X\n"
+    (d / "a_old.csv").write_text("Date,Open,High,Low,Close,Volume,Ticker\n2024-01-03,1,2,0.5,1.5,10,X\n"
                                  "2024-01-04,1,2,0.5,1.5,10,X\n")
-    (d / "b_new.csv").write_text(f"Date,Open,High,Low,Close,Volume,Ticker\n2024-01-03,1,2,0.5,1.5,10,X\n"
+    (d / "b_new.csv").write_text("Date,Open,High,Low,Close,Volume,Ticker\n2024-01-03,1,2,0.5,1.5,10,X\n"
                                  "2024-01-04,1,2,0.5,1.7,10,X\n")
     rep = ingest(d, tmp_path / "store")
     assert (rep.rows_read, rep.rows_stored, rep.duplicates, rep.conflicts) == (4, 2, 1, 1)
