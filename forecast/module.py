@@ -16,11 +16,13 @@ NOT_INPUTS = ("y", "row", "date")  # batch keys the model never sees
 
 
 class Forecaster(L.LightningModule):
-    """Encoders arrive as partials (they need the data's dims); backbone, fusion and head ready-built.
-    `modalities` picks which of the configured encoders this model uses."""
+    """Encoders and fusion arrive as partials (they need the data's dims and the fused modalities);
+    backbone and head ready-built. `modalities` picks which of the configured encoders this model uses.
+    A head may take some modalities for itself (`FactorHead` with `exclusive`); the fusion and the
+    backbone see the others."""
 
-    def __init__(self, encoders: dict[str, Callable[..., nn.Module]], fusion: nn.Module, backbone: nn.Module,
-                 head: nn.Module, optimizer: Callable, dims: dict, d_model: int, modalities: list[str],
+    def __init__(self, encoders: dict[str, Callable[..., nn.Module]], fusion: Callable[..., nn.Module],
+                 backbone: nn.Module, head: nn.Module, optimizer: Callable, dims: dict, d_model: int, modalities: list[str],
                  scheduler: Callable | None = None):
         super().__init__()
         dims = {k: int(v) for k, v in dims.items()}
@@ -30,7 +32,11 @@ class Forecaster(L.LightningModule):
             raise ConfigError("modalities", f"unknown or empty: {unknown or modalities}; known: {sorted(encoders)}")
         self.save_hyperparameters({"dims": dims, "d_model": int(d_model), "modalities": modalities})
         self.encoders = nn.ModuleDict({m: encoders[m](dims=dims, d_model=d_model) for m in modalities})
-        self.fusion, self.backbone, self.head = fusion, backbone, head
+        taken = head.takes(modalities) if hasattr(head, "takes") else set()
+        self.fused = [m for m in modalities if m not in taken]
+        if not self.fused:
+            raise ConfigError("model.head", f"takes every modality ({sorted(taken)}); the backbone needs one")
+        self.fusion, self.backbone, self.head = fusion(modalities=self.fused), backbone, head
         self.make_optimizer, self.make_scheduler = optimizer, scheduler
 
     def forward(self, x: torch.Tensor, ticker: torch.Tensor | None = None, **inputs) -> torch.Tensor:
@@ -39,8 +45,9 @@ class Forecaster(L.LightningModule):
             ticker = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         batch = dict(x=x, ticker=ticker, **inputs)
         parts = {name: enc(batch) for name, enc in self.encoders.items()}  # each (B, L, D), (B, L)
-        h = self.backbone(self.fusion(parts))  # (B, L, D)
-        return self.head(h)  # (B,)
+        parts = self.fusion.drop(parts)  # modality dropout (training only)
+        h = self.backbone(self.fusion.fuse({m: parts[m] for m in self.fused}))  # (B, L, D)
+        return self.head(h, parts)  # (B,)
 
     def _step(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         pred = self(**{k: v for k, v in batch.items() if k not in NOT_INPUTS})  # (B,)

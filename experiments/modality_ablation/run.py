@@ -2,7 +2,7 @@
 modality on, then with each one removed, on the same date split; compare the test IC with the IC of a
 perfect model of the components each configuration can see, on the very same test anchors.
 
-    python experiments/modality_ablation/run.py [--seeds 0 1] [extra train overrides ...]
+    python experiments/modality_ablation/run.py [--seeds 0 1] [--jobs 2] [extra train overrides ...]
     python experiments/modality_ablation/run.py --tune NAME [--configs all,without_news] [--seeds 0] [overrides ...]
 
 Builds the market once (`python -m forecast synth`, then `ingest`) under outputs/modality_ablation/,
@@ -21,6 +21,7 @@ import json
 import os
 import re
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import sys
 from pathlib import Path
@@ -123,30 +124,35 @@ def validation(client: MlflowClient, run_id: str) -> dict:
                 best_epoch=sorted(m.step for m in loss).index(best.step) + 1, epochs=len(loss))
 
 
-def train_all(store: str, seeds: list[int], extra: list[str], test: pl.DataFrame) -> dict[str, list[dict]]:
-    client, runs = MlflowClient(URI), {name: [] for name in CONFIGS}
-    for seed in seeds:
-        for name in CONFIGS:
-            run_id = train_one(store, name, seed, extra)
-            metrics = client.get_run(run_id).data.metrics
-            runs[name].append(dict(seed=seed, run_id=run_id, ic=metrics["test/ic"], rank_ic=metrics["test/rank_ic"],
-                                   **validation(client, run_id), found=component_corr(run_id, test)))
-            print(f"{name:<12} seed={seed} val/ic={runs[name][-1]['val_ic']:.4f} test/ic={metrics['test/ic']:.4f} "
-                  f"run_id={run_id}", flush=True)
-    return runs
+def train_all(store: str, seeds: list[int], extra: list[str], test: pl.DataFrame, jobs: int = 1) -> dict[str, list[dict]]:
+    """Every (seed, configuration), `jobs` training processes at a time (one thread each)."""
+    client = MlflowClient(URI)
+
+    def one(seed: int, name: str) -> dict:
+        run_id = train_one(store, name, seed, extra)
+        metrics = client.get_run(run_id).data.metrics
+        row = dict(seed=seed, run_id=run_id, ic=metrics["test/ic"], rank_ic=metrics["test/rank_ic"],
+                   **validation(client, run_id), found=component_corr(run_id, test))
+        print(f"{name:<12} seed={seed} val/ic={row['val_ic']:.4f} test/ic={row['ic']:.4f} run_id={run_id}", flush=True)
+        return row
+
+    tasks = [(seed, name) for seed in seeds for name in CONFIGS]
+    with ThreadPoolExecutor(jobs) as pool:
+        rows = list(pool.map(lambda task: one(*task), tasks))
+    return {name: [row for (_, n), row in zip(tasks, rows) if n == name] for name in CONFIGS}
 
 
 def tune(store: str, tag: str, configs: list[str], seeds: list[int], extra: list[str]) -> None:
     """Validation IC only: append one row per (configuration, seed) to tuning.json, rewrite tuning.md."""
-    client, path = MlflowClient(URI), HERE / "tuning.json"
-    rows = json.loads(path.read_text()) if path.exists() else []
+    client, path, rows = MlflowClient(URI), HERE / "tuning.json", []
     for seed in seeds:
         for name in configs:
             run_id = train_one(store, name, seed, extra, prefix=f"tune_{tag}")
-            rows.append(dict(tag=tag, config=name, seed=seed, overrides=" ".join(extra), run_id=run_id,
-                             **validation(client, run_id)))
-            print(f"{tag} {name} seed={seed} val/ic={rows[-1]['val_ic']:.4f} epoch={rows[-1]['best_epoch']}/"
-                  f"{rows[-1]['epochs']}", flush=True)
+            row = dict(tag=tag, config=name, seed=seed, overrides=" ".join(extra), run_id=run_id,
+                       **validation(client, run_id))
+            rows = [*(json.loads(path.read_text()) if path.exists() else []), row]  # others may tune at once
+            print(f"{tag} {name} seed={seed} val/ic={row['val_ic']:.4f} epoch={row['best_epoch']}/"
+                  f"{row['epochs']}", flush=True)
             path.write_text(json.dumps(rows, indent=1))
     (HERE / "tuning.md").write_text(tuning_table(rows))
 
@@ -190,6 +196,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--tune", help="record the validation IC of these overrides under this name")
     parser.add_argument("--configs", default="all", help="with --tune, comma-separated: all,without_price,...")
+    parser.add_argument("--jobs", type=int, default=1, help="training processes at once (one thread each)")
     args, extra = parser.parse_known_args()
     os.chdir(ROOT)
     store = build_market()
@@ -198,7 +205,7 @@ def main() -> None:
         return tune(store, args.tune, [by_slug[c] for c in args.configs.split(",")], args.seeds, extra)
     test = test_components(store, extra)
     oracle = oracle_ics(test)
-    runs = train_all(store, args.seeds, extra, test)
+    runs = train_all(store, args.seeds, extra, test, args.jobs)
     oracle_json = json.loads((OUT / "raw" / "oracle.json").read_text())["oracle"]
     command = "python experiments/modality_ablation/run.py " + " ".join(sys.argv[1:])
     text = table(runs, oracle, oracle_json, command)

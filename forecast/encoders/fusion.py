@@ -40,7 +40,8 @@ class Fusion(nn.Module):
 class SumFusion(Fusion):
     """Masked sum of the modalities' embeddings, then a LayerNorm."""
 
-    def __init__(self, d_model: int, modality_dropout: float = 0.0, keep: tuple[str, ...] = ("price",)):
+    def __init__(self, d_model: int, modalities: list[str] | None = None, modality_dropout: float = 0.0,
+                 keep: tuple[str, ...] = ("price",)):
         super().__init__(modality_dropout, keep)
         self.norm = nn.LayerNorm(d_model)
 
