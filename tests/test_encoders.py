@@ -40,7 +40,8 @@ def _model(fusion="sum", backbone="transformer", modalities=ALL, *extra):
 
 def test_encoder_shapes_and_masks():
     batch = fake_batch()
-    encoders = [CalendarEncoder(DIMS, D), ExogenousEncoder(DIMS, D), ExogenousEncoder(DIMS, D, hidden=0),
+    encoders = [CalendarEncoder(DIMS, D), CalendarEncoder(DIMS, D, hidden=0), ExogenousEncoder(DIMS, D),
+                ExogenousEncoder(DIMS, D, hidden=0),
                 NewsEncoder(DIMS, D, n_buckets=64), SentenceNewsEncoder(DIMS, D)]
     for enc in encoders:
         e, m = enc(batch)

@@ -35,7 +35,8 @@ def _metrics(tmp, run_id):
 
 
 def test_killed_run_resumes_to_the_same_metrics(tmp_path):
-    long = ["trainer.max_epochs=5", "callbacks.early_stopping.patience=100", "model.head.dropout=0.2"]
+    long = ["trainer.max_epochs=5", "callbacks.early_stopping.patience=100", "model.head.dropout=0.2",
+            "+callbacks.ema._target_=lightning.pytorch.callbacks.EMAWeightAveraging"]  # its average resumes too
     whole = _run(tmp_path / "a", *long)
     b = tmp_path / "b"
     proc = subprocess.Popen(_cmd(b, *long), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -76,9 +76,9 @@ def visible(modalities: list[str]) -> set[str]:
     return seen if "ticker" in modalities else seen - {"exogenous", "calendar"}
 
 
-def test_components(store: str, overrides: list[str]) -> pl.DataFrame:
-    """(ticker, date, realised, <component>...) on the test anchors: each planted component of the
-    target's return, re-simulated from the market's seed."""
+def components(store: str, overrides: list[str], split: str = "test") -> pl.DataFrame:
+    """(ticker, date, realised, <component>...) on the anchors of `split`: each planted component of
+    the target's return, re-simulated from the market's seed."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=modality_ablation", f"data.store={store}", "modalities=[price]",
                                           *[o for o in overrides if o.startswith("data.")]])
@@ -86,7 +86,7 @@ def test_components(store: str, overrides: list[str]) -> pl.DataFrame:
     dm.setup()
     days = session_grid(MARKET["days"], MARKET["end"])
     sim = simulate(MARKET["tickers"], days, MARKET["seed"], MARKET["strength"], MARKET["news_rate"])
-    test = dm.frame[dm.anchors["test"].numpy()].select("ticker", "date", realised=pl.col("target"))
+    test = dm.frame[dm.anchors[split].numpy()].select("ticker", "date", realised=pl.col("target"))
     t = np.searchsorted(days, test["date"].to_numpy().astype("datetime64[D]")) + dm.horizon  # the target's session
     i = test["ticker"].str.slice(1).cast(pl.Int64).to_numpy()  # S0007 -> 7
     return test.with_columns(**{k: sim["comp"][k][t, i] for k in COMPONENTS})
@@ -203,7 +203,7 @@ def main() -> None:
     if args.tune:
         by_slug = {slug(n): n for n in CONFIGS}
         return tune(store, args.tune, [by_slug[c] for c in args.configs.split(",")], args.seeds, extra)
-    test = test_components(store, extra)
+    test = components(store, extra)
     oracle = oracle_ics(test)
     runs = train_all(store, args.seeds, extra, test, args.jobs)
     oracle_json = json.loads((OUT / "raw" / "oracle.json").read_text())["oracle"]
