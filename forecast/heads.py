@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-Parts = dict[str, tuple[torch.Tensor, torch.Tensor]]
+from forecast.encoders.fusion import Parts
 
 
 class PointHead(nn.Module):
@@ -33,7 +33,7 @@ class FactorHead(PointHead):
 
     A per-ticker sensitivity to a macro series or to the weekday is a product of two inputs; the
     backbone can learn it only through its nonlinearities, slowly, while it overfits elsewhere. Here it
-    is one bilinear term with K x (D + D) parameters. The loadings start at zero, so the head starts as
+    is one bilinear term with K x D parameters per modality. The loadings start at zero, so the head starts as
     `PointHead`. Without the ticker modality, or without any date-level one, it is `PointHead`; a
     masked modality (absent, or dropped in training) contributes no factor.
 

@@ -22,8 +22,8 @@ class Forecaster(L.LightningModule):
     backbone see the others."""
 
     def __init__(self, encoders: dict[str, Callable[..., nn.Module]], fusion: Callable[..., nn.Module],
-                 backbone: nn.Module, head: nn.Module, optimizer: Callable, dims: dict, d_model: int, modalities: list[str],
-                 scheduler: Callable | None = None):
+                 backbone: nn.Module, head: nn.Module, optimizer: Callable, dims: dict, d_model: int,
+                 modalities: list[str], scheduler: Callable | None = None):
         super().__init__()
         dims = {k: int(v) for k, v in dims.items()}
         modalities = [str(m) for m in modalities]

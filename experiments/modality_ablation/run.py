@@ -21,9 +21,9 @@ import json
 import os
 import re
 import statistics
-from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -124,7 +124,8 @@ def validation(client: MlflowClient, run_id: str) -> dict:
                 best_epoch=sorted(m.step for m in loss).index(best.step) + 1, epochs=len(loss))
 
 
-def train_all(store: str, seeds: list[int], extra: list[str], test: pl.DataFrame, jobs: int = 1) -> dict[str, list[dict]]:
+def train_all(store: str, seeds: list[int], extra: list[str], test: pl.DataFrame,
+              jobs: int = 1) -> dict[str, list[dict]]:
     """Every (seed, configuration), `jobs` training processes at a time (one thread each)."""
     client = MlflowClient(URI)
 

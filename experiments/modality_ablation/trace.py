@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from run import OUT, ROOT, components
 from data_pipelines.synthetic import COMPONENTS
 from forecast.metrics import rank_metrics
+from forecast.module import NOT_INPUTS
 
 
 class Trace(L.Callback):
@@ -36,12 +37,13 @@ class Trace(L.Callback):
         if trainer.sanity_checking:
             return
         with torch.no_grad():
-            pred = torch.cat([module(**{k: v for k, v in b.items() if k not in ("y", "row", "date")})
+            pred = torch.cat([module(**{k: v for k, v in b.items() if k not in NOT_INPUTS})
                               for b in self.dm.val_dataloader()])  # (N,)
         f = self.val.with_columns(pred=pl.Series(pred.double().numpy()))
         found = {k: rank_metrics(f.with_columns(realised=pl.col(k)))["ic"] for k in COMPONENTS}
-        print(f"{self.tag} epoch={trainer.current_epoch + 1} val/loss={float(trainer.callback_metrics['val/loss']):.4f} "
-              f"val/ic={rank_metrics(f)['ic']:.4f} " + " ".join(f"{k}={v:.3f}" for k, v in found.items()), flush=True)
+        loss, ic = float(trainer.callback_metrics["val/loss"]), rank_metrics(f)["ic"]
+        print(f"{self.tag} epoch={trainer.current_epoch + 1} val/loss={loss:.4f} val/ic={ic:.4f} "
+              + " ".join(f"{k}={v:.3f}" for k, v in found.items()), flush=True)
 
 
 def main() -> None:
