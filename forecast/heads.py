@@ -33,9 +33,9 @@ class FactorHead(PointHead):
 
     A per-ticker sensitivity to a macro series or to the weekday is a product of two inputs; the
     backbone can learn it only through its nonlinearities, slowly, while it overfits elsewhere. Here it
-    is one bilinear term with K x D parameters per modality. The loadings start at zero, so the head starts as
-    `PointHead`. Without the ticker modality, or without any date-level one, it is `PointHead`; a
-    masked modality (absent, or dropped in training) contributes no factor.
+    is one bilinear term with K x D parameters per modality. The loadings start at zero, so the head
+    starts as `PointHead`. Without the ticker modality, or without any date-level one, it is
+    `PointHead`; a masked modality (absent, or dropped in training) contributes no factor.
 
     `exclusive`: the ticker and the date-level modalities reach the forecast only through this term,
     not through the fusion and the backbone. With 50 tickers and a few years of sessions, a backbone

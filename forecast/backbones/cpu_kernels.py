@@ -11,8 +11,8 @@ vectorises expf) into a cache folder and called through ctypes, channels split a
 """
 import ctypes
 import hashlib
-import platform
 import os
+import platform
 import subprocess
 import tempfile
 import warnings
