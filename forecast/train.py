@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 
 import lightning as L
@@ -22,10 +23,8 @@ from forecast.errors import ConfigError
 from forecast.metrics import flat_metrics, point_metrics
 from forecast.registry import promote
 from forecast.sweep import PARENT_RUN_ENV
-from forecast.tracking import log_artifacts, log_config
+from forecast.tracking import flatten, log_artifacts, log_config
 from forecast.transfer import load_pretrained
-
-
 
 
 def train(cfg: DictConfig) -> float:
@@ -75,11 +74,24 @@ def build_data(cfg: DictConfig):
 
 
 def stored_config(run_id: str, cfg: DictConfig) -> DictConfig:
-    """The run's own logged config, so a resumed run continues exactly what it started."""
+    """The run's own logged config, so a resumed run continues exactly what it started. Given values
+    that differ from it are not applied, and are named on stderr."""
     text = mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")
     stored = OmegaConf.create(text)
+    changed = differing(stored, cfg)
+    if changed:
+        shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+        print(f"resume={cfg.resume}: continuing run {run_id} with its logged config; not applied: {shown}",
+              file=sys.stderr)
     stored.resume = cfg.resume
     return stored
+
+
+def differing(stored: DictConfig, given: DictConfig) -> list[str]:
+    """'key=given (run: stored)' for every config key whose given value differs from the run's."""
+    a, b = (flatten(OmegaConf.to_container(c, resolve=True)) for c in (stored, given))
+    return [f"{k}={b.get(k)} (run: {a.get(k)})" for k in sorted(a.keys() | b.keys())
+            if k != "resume" and a.get(k) != b.get(k)]
 
 
 def fit(cfg: DictConfig, dm, model: L.LightningModule, run_id: str | None, ckpt) -> tuple[L.Trainer, float]:

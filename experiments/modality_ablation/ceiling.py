@@ -6,14 +6,18 @@ least squares on the training sessions, as if the model knew them, and score on 
 - exogenous and calendar: one loading per ticker on LEAD[t-1] and on the calendar profile g(t),
   fitted on the residual of the pooled fit.
 
-The oracle knows the loadings; this estimator has to estimate 2 x 50 of them from ~975 sessions, as
+The oracle knows the loadings; this estimator has to estimate 2 x 50 of them from the ~975 training sessions, as
 a model must. Labels are demeaned per date (as `cs_*` labels). The split is by session index (65% /
 15% / 20%), close to the runner's but without its window and purge, so the numbers are approximate.
-It reads the test sessions: it is a diagnostic of the market, never used to choose a setting.
+`--split val` scores the validation sessions instead, and `--calendar S` / `--days T` / `--seed K`
+re-simulate the market with another calendar strength, length or seed: that is how the market's
+calendar strength was chosen (on validation). The test scores are a diagnostic, never used to choose.
 
-    python experiments/modality_ablation/ceiling.py
+    python experiments/modality_ablation/ceiling.py [--split val] [--calendar 0.05] [--days 1500] [--seed 0]
 """
 from __future__ import annotations
+
+import argparse
 
 import numpy as np
 
@@ -39,11 +43,19 @@ def fit(y: np.ndarray, shared: np.ndarray, per_ticker: list[np.ndarray], train: 
 
 
 def main() -> None:
-    days = session_grid(MARKET["days"], MARKET["end"])
-    sim = simulate(MARKET["tickers"], days, MARKET["seed"], MARKET["strength"], MARKET["news_rate"])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--split", choices=["val", "test"], default="test")
+    parser.add_argument("--calendar", type=float, default=MARKET["strength"]["calendar"])
+    parser.add_argument("--days", type=int, default=MARKET["days"])
+    parser.add_argument("--seed", type=int, default=MARKET["seed"])
+    args = parser.parse_args()
+    days = session_grid(args.days, MARKET["end"])
+    strength = dict(MARKET["strength"], calendar=args.calendar)
+    sim = simulate(MARKET["tickers"], days, args.seed, strength, MARKET["news_rate"])
     r, T = sim["r"], len(days)
     t = np.arange(10, T)  # target sessions
-    train, test = t < int(0.65 * T), t >= int(0.80 * T)
+    train = t < int(0.65 * T)
+    test = t >= int(0.80 * T) if args.split == "test" else ~train & (t < int(0.80 * T))
     y = demean(r[t])
     shared = np.stack([demean(-(r[t - 1] - r[t - 1].mean(1, keepdims=True))),
                        demean(sim["sentiment"][t - 1].astype(float))], -1)  # (T', N, 2)
@@ -55,7 +67,7 @@ def main() -> None:
             "fitted without calendar": fit(y, shared, [lead], train),
             "fitted without exogenous": fit(y, shared, [cal], train),
             "fitted: price and news only": fit(y, shared, [], train)}
-    print("| forecast | test IC |\n|---|---|")
+    print(f"| forecast | {args.split} IC |\n|---|---|")
     for name, pred in rows.items():
         print(f"| {name} | {ic_stats(pred[test], r[t][test])['ic']:.4f} |")
 

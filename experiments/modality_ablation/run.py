@@ -41,7 +41,7 @@ ROOT = HERE.parent.parent
 URI = "sqlite:///mlflow.db"
 OUT = Path("outputs/modality_ablation")
 MARKET = dict(tickers=50, days=1500, seed=0, end="2024-12-31", news_rate=0.1,
-              strength=dict(price=0.08, exogenous=0.08, calendar=0.05, news=0.3))
+              strength=dict(price=0.08, exogenous=0.08, calendar=0.08, news=0.3))
 ALL = ["price", "calendar", "exogenous", "ticker", "news"]
 CONFIGS = {"all": ALL, **{f"- {m}": [x for x in ALL if x != m] for m in ALL}}
 # the planted components a configuration can model: the per-ticker loadings of the exogenous and
@@ -61,8 +61,16 @@ def run(*args: str, env: dict | None = None) -> str:
 
 
 def build_market() -> str:
+    """Simulate and ingest the market once; refuse a market built earlier with other settings."""
     store, raw = OUT / "store", OUT / "raw"
-    if not (ROOT / store / "manifest.parquet").exists():
+    if (ROOT / store / "manifest.parquet").exists():
+        built = json.loads((ROOT / raw / "oracle.json").read_text())
+        had = dict(tickers=built["tickers"], days=built["days"], seed=built["seed"],
+                   strength={k: built["oracle"][k]["strength"] for k in MARKET["strength"]})
+        if had != {k: MARKET[k] for k in had}:
+            raise SystemExit(f"{OUT} holds a market built with {had}; this experiment uses {MARKET}: "
+                             f"remove {OUT} to rebuild it")
+    else:
         s = MARKET["strength"]
         run("synth", f"out={raw}", f"tickers={MARKET['tickers']}", f"days={MARKET['days']}", f"seed={MARKET['seed']}",
             f"end={MARKET['end']}", f"news_rate={MARKET['news_rate']}", *[f"strength.{k}={v}" for k, v in s.items()])
