@@ -24,10 +24,15 @@ def _cmd(tmp, *args):
             f"trainer.default_root_dir={tmp}/ckpt", f"hydra.run.dir={tmp}/out", *args]
 
 
-def _run(tmp, *args):
+def _train(tmp, *args) -> tuple[str, str]:
+    """(run_id, stderr) of a `forecast train` that must succeed."""
     p = subprocess.run(_cmd(tmp, *args), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    return re.search(r"run_id=(\w+)", p.stdout.strip().splitlines()[-1]).group(1)
+    return re.search(r"run_id=(\w+)", p.stdout.strip().splitlines()[-1]).group(1), p.stderr
+
+
+def _run(tmp, *args):
+    return _train(tmp, *args)[0]
 
 
 def _metrics(tmp, run_id):
@@ -49,11 +54,9 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     client = MlflowClient(f"sqlite:///{b}/m.db")
     killed = client.search_runs([client.get_experiment_by_name("forecast").experiment_id])[0]
     assert killed.info.status == "RUNNING" and "test/mse" not in killed.data.metrics
-    p = subprocess.run(_cmd(b, "resume=last"), capture_output=True, text=True, timeout=600)  # without `long`
-    assert p.returncode == 0, p.stderr[-3000:]
-    resumed = re.search(r"run_id=(\w+)", p.stdout.strip().splitlines()[-1]).group(1)
+    resumed, stderr = _train(b, "resume=last")  # given without `long`
     assert resumed == killed.info.run_id  # the same MLflow run continues, with its own config
-    assert "not applied: " in p.stderr and "trainer.max_epochs=" in p.stderr  # the given values are named
+    assert "not applied: " in stderr and "trainer.max_epochs=2 (run: 5)" in stderr  # the given values are named
     a_m, b_m = _metrics(tmp_path / "a", whole), _metrics(b, resumed)
     for key in ["test/mse", "test/ic", "val/best_loss"]:
         assert a_m[key] == pytest.approx(b_m[key], rel=1e-6, abs=1e-12), key

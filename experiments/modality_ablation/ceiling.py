@@ -6,8 +6,8 @@ least squares on the training sessions, as if the model knew them, and score on 
 - exogenous and calendar: one loading per ticker on LEAD[t-1] and on the calendar profile g(t),
   fitted on the residual of the pooled fit.
 
-The oracle knows the loadings; this estimator has to estimate 2 x 50 of them from the ~975 training sessions, as
-a model must. Labels are demeaned per date (as `cs_*` labels). The split is by session index (65% /
+The oracle knows the loadings; this estimator has to estimate 2 x 50 of them from the ~975 training
+sessions, as a model must. Labels are demeaned per date (as `cs_*` labels). The split is by session index (65% /
 15% / 20%), close to the runner's but without its window and purge, so the numbers are approximate.
 `--split val` scores the validation sessions instead, and `--calendar S` / `--days T` / `--seed K`
 re-simulate the market with another calendar strength, length or seed: that is how the market's
