@@ -8,6 +8,7 @@ became known, news by the first session in which it could be acted on. Statistic
 from __future__ import annotations
 
 import os
+import re
 import warnings
 import zlib
 from datetime import timedelta
@@ -189,13 +190,22 @@ def ngram_ids(headline: str, n_max: int = 2, max_len: int = 48) -> list[int]:
 
 def session_headlines(frame: pl.DataFrame, news: pl.DataFrame) -> pl.DataFrame:
     """(row, headline) pairs: each frame row with its ticker's news and the market-wide news of its
-    session, ordered by publication time."""
+    session, ordered by publication time. In a ticker's own headlines its symbol is replaced by the
+    word `ticker` (`mask_symbol`): who the news is about is the ticker modality's job, and the words
+    then mean the same for every ticker."""
     rows = frame.select("ticker", "date").with_row_index("row")
     own = rows.join(news.filter(pl.col("ticker").is_not_null()), left_on=["ticker", "date"],
                     right_on=["ticker", "session"])
+    own = own.with_columns(pl.struct("headline", "ticker").map_elements(
+        lambda r: mask_symbol(r["headline"], r["ticker"]), return_dtype=pl.String).alias("headline"))
     market = rows.join(news.filter(pl.col("ticker").is_null()).drop("ticker"), left_on="date", right_on="session")
     cols = ["row", "published_at", "headline"]
     return pl.concat([own.select(cols), market.select(cols)]).sort("row", "published_at", "headline")
+
+
+def mask_symbol(headline: str, ticker: str) -> str:
+    """`headline` with `ticker` as a whole word (any case) replaced by `ticker`."""
+    return re.sub(rf"(?<![\w.]){re.escape(ticker)}(?![\w])", "ticker", headline, flags=re.IGNORECASE)
 
 
 def news_inputs(frame: pl.DataFrame, store: str, fit_rows: np.ndarray) -> dict[str, torch.Tensor]:

@@ -140,6 +140,27 @@ def test_news_after_the_close_lands_in_the_next_session(tmp_path):
     assert words("BBB", day) == set() and words("BBB", nxt) == {"walrus"}
 
 
+def test_a_tickers_own_symbol_in_its_headlines_is_masked(tmp_path):
+    """"AAA beats" for AAA and "BBB beats" for BBB give the same tokens; another ticker's symbol stays."""
+    store = make_store(tmp_path / "s")
+    write_news(store, pl.DataFrame(schema=NEWS_SCHEMA))
+    csv = tmp_path / "news.csv"
+    csv.write_text("ticker,published_at,headline\n"
+                   "AAA,2020-03-05T15:00:00Z,AAA beats\n"
+                   "BBB,2020-03-05T15:00:00Z,bbb beats\n"
+                   "AAA,2020-03-06T15:00:00Z,AAA beats BBB\n")
+    ingest_news(csv, store)
+    dm = _dm(store, ["price", "news"])
+    rows = dm.frame.with_row_index("i")
+
+    def tokens(ticker, d):
+        i = rows.filter((pl.col("ticker") == ticker) & (pl.col("date") == d))["i"].item()
+        return {t for t in dm.inputs["news_tokens"][i].tolist() if t}
+
+    assert tokens("AAA", date(2020, 3, 5)) == tokens("BBB", date(2020, 3, 5)) == set(ngram_ids("ticker beats"))
+    assert tokens("AAA", date(2020, 3, 6)) == set(ngram_ids("ticker beats bbb"))
+
+
 def test_news_published_after_its_session_close_is_refused(tmp_path):
     store = make_store(tmp_path / "s")
     late = datetime(2020, 3, 5, 22, 30, tzinfo=timezone.utc)
