@@ -204,8 +204,11 @@ def session_headlines(frame: pl.DataFrame, news: pl.DataFrame) -> pl.DataFrame:
 
 
 def mask_symbol(headline: str, ticker: str) -> str:
-    """`headline` with `ticker` as a whole word (any case) replaced by `ticker`."""
-    return re.sub(rf"(?<![\w.]){re.escape(ticker)}(?![\w])", "ticker", headline, flags=re.IGNORECASE)
+    """`headline` with the symbol `ticker` as a whole word, as written (`AAPL`, `$AAPL`; not `aapl`),
+    replaced by `ticker`. One-letter symbols are left alone: `A` or `F` is as often an ordinary word."""
+    if len(ticker) < 2:
+        return headline
+    return re.sub(rf"(?<![\w.]){re.escape(ticker)}(?![\w])", "ticker", headline)
 
 
 def news_inputs(frame: pl.DataFrame, store: str, fit_rows: np.ndarray) -> dict[str, torch.Tensor]:

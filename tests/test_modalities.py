@@ -13,7 +13,7 @@ from data_pipelines.news import ingest_news
 from data_pipelines.store import NEWS_SCHEMA, write_exogenous, write_news, write_prices
 from forecast.data import MarketData
 from forecast.errors import UserError
-from forecast.modalities import calendar_features, exogenous_wide, ngram_ids
+from forecast.modalities import calendar_features, exogenous_wide, mask_symbol, ngram_ids
 
 CAL = xcals.get_calendar("XNYS", start="2019-12-01", end="2021-12-31")
 SESSIONS = [d.date() for d in CAL.sessions_in_range("2020-01-02", "2021-06-30")]
@@ -147,7 +147,7 @@ def test_a_tickers_own_symbol_in_its_headlines_is_masked(tmp_path):
     csv = tmp_path / "news.csv"
     csv.write_text("ticker,published_at,headline\n"
                    "AAA,2020-03-05T15:00:00Z,AAA beats\n"
-                   "BBB,2020-03-05T15:00:00Z,bbb beats\n"
+                   "BBB,2020-03-05T15:00:00Z,$BBB beats\n"
                    "AAA,2020-03-06T15:00:00Z,AAA beats BBB\n")
     ingest_news(csv, store)
     dm = _dm(store, ["price", "news"])
@@ -159,6 +159,15 @@ def test_a_tickers_own_symbol_in_its_headlines_is_masked(tmp_path):
 
     assert tokens("AAA", date(2020, 3, 5)) == tokens("BBB", date(2020, 3, 5)) == set(ngram_ids("ticker beats"))
     assert tokens("AAA", date(2020, 3, 6)) == set(ngram_ids("ticker beats bbb"))
+
+
+@pytest.mark.parametrize("headline, symbol, masked", [
+    ("GAP shares fall as the gap widens", "GAP", "ticker shares fall as the gap widens"),  # as written only
+    ("BRK.B buys; BRK.BX unchanged", "BRK.B", "ticker buys; BRK.BX unchanged"),
+    ("A unit of A sells a plant", "A", "A unit of A sells a plant"),  # one letter: an ordinary word too
+])
+def test_mask_symbol_matches_the_whole_symbol_as_written(headline, symbol, masked):
+    assert mask_symbol(headline, symbol) == masked
 
 
 def test_news_published_after_its_session_close_is_refused(tmp_path):
