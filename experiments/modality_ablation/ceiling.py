@@ -55,7 +55,7 @@ def main() -> None:
     r, T = sim["r"], len(days)
     t = np.arange(10, T)  # target sessions
     train = t < int(0.65 * T)
-    test = t >= int(0.80 * T) if args.split == "test" else ~train & (t < int(0.80 * T))
+    scored = t >= int(0.80 * T) if args.split == "test" else ~train & (t < int(0.80 * T))
     y = demean(r[t])
     shared = np.stack([demean(-(r[t - 1] - r[t - 1].mean(1, keepdims=True))),
                        demean(sim["sentiment"][t - 1].astype(float))], -1)  # (T', N, 2)
@@ -69,7 +69,7 @@ def main() -> None:
             "fitted: price and news only": fit(y, shared, [], train)}
     print(f"| forecast | {args.split} IC |\n|---|---|")
     for name, pred in rows.items():
-        print(f"| {name} | {ic_stats(pred[test], r[t][test])['ic']:.4f} |")
+        print(f"| {name} | {ic_stats(pred[scored], r[t][scored])['ic']:.4f} |")
 
 
 if __name__ == "__main__":
