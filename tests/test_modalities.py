@@ -117,6 +117,12 @@ def test_no_look_ahead_in_any_modality(store, tmp_path):
     assert torch.equal(ka[:, :width], kb[:, :width]) and not ka[:, width:].any() and not kb[:, width:].any()
 
 
+def _tokens(dm, ticker: str, d: date) -> set[int]:
+    """The hashed n-gram ids in the news inputs of the row (ticker, d)."""
+    i = dm.frame.with_row_index("i").filter((pl.col("ticker") == ticker) & (pl.col("date") == d))["i"].item()
+    return {t for t in dm.inputs["news_tokens"][i].tolist() if t}
+
+
 def test_news_after_the_close_lands_in_the_next_session(tmp_path):
     """Through the ingest's session rule: after-close news is an input of the next session's row only."""
     store = make_store(tmp_path / "s")
@@ -129,11 +135,9 @@ def test_news_after_the_close_lands_in_the_next_session(tmp_path):
     ingest_news(csv, store)
     dm = _dm(store, ["price", "news"])
     ids = {w: ngram_ids(w)[0] for w in ("zebra", "yak", "walrus")}
-    rows = dm.frame.with_row_index("i")
 
     def words(ticker, d):
-        i = rows.filter((pl.col("ticker") == ticker) & (pl.col("date") == d))["i"].item()
-        return {w for w, k in ids.items() if k in set(dm.inputs["news_tokens"][i].tolist())}
+        return {w for w, k in ids.items() if k in _tokens(dm, ticker, d)}
 
     day, nxt = date(2020, 3, 5), date(2020, 3, 6)
     assert words("AAA", day) == {"yak"} and words("AAA", nxt) == {"zebra", "walrus"}
@@ -151,14 +155,9 @@ def test_a_tickers_own_symbol_in_its_headlines_is_masked(tmp_path):
                    "AAA,2020-03-06T15:00:00Z,AAA beats BBB\n")
     ingest_news(csv, store)
     dm = _dm(store, ["price", "news"])
-    rows = dm.frame.with_row_index("i")
-
-    def tokens(ticker, d):
-        i = rows.filter((pl.col("ticker") == ticker) & (pl.col("date") == d))["i"].item()
-        return {t for t in dm.inputs["news_tokens"][i].tolist() if t}
-
-    assert tokens("AAA", date(2020, 3, 5)) == tokens("BBB", date(2020, 3, 5)) == set(ngram_ids("ticker beats"))
-    assert tokens("AAA", date(2020, 3, 6)) == set(ngram_ids("ticker beats bbb"))
+    day = date(2020, 3, 5)
+    assert _tokens(dm, "AAA", day) == _tokens(dm, "BBB", day) == set(ngram_ids("ticker beats"))
+    assert _tokens(dm, "AAA", date(2020, 3, 6)) == set(ngram_ids("ticker beats bbb"))
 
 
 @pytest.mark.parametrize("headline, symbol, masked", [

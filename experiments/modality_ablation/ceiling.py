@@ -7,8 +7,9 @@ least squares on the training sessions, as if the model knew them, and score on 
   fitted on the residual of the pooled fit.
 
 The oracle knows the loadings; this estimator has to estimate 2 x 50 of them from the ~975 training
-sessions, as a model must. Labels are demeaned per date (as `cs_*` labels). The split is by session index (65% /
-15% / 20%), close to the runner's but without its window and purge, so the numbers are approximate.
+sessions, as a model must. Labels are demeaned per date (as `cs_*` labels). The split is by session
+index (65% / 15% / 20%), close to the runner's but without its window and purge, so the numbers are
+approximate.
 `--split val` scores the validation sessions instead, and `--calendar S` / `--days T` / `--seed K`
 re-simulate the market with another calendar strength, length or seed: that is how the market's
 calendar strength was chosen (on validation). The test scores are a diagnostic, never used to choose.
