@@ -9,17 +9,20 @@ import importlib
 import os
 import re
 import sys
-from pathlib import Path
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
-COMMAND_ENV = "FORECAST_COMMAND"  # DDP workers are re-launched with the overrides only
+from forecast.resources import conf_dir
+
+CONF = str(conf_dir())
+# Lightning re-launches DDP workers as `python -m forecast <overrides>`, without the command: the
+# environment is the only way to tell them which command they are part of.
+COMMAND_ENV = "FORECAST_COMMAND"
 # command -> (config name in conf/, "module:function")
 COMMANDS = {
-    "train": ("train", "forecast.train:train"),
-    "evaluate": ("evaluate", "forecast.evaluate:evaluate"),
+    "train": ("train", "forecast.training.train:train"),
+    "evaluate": ("evaluate", "forecast.evaluation.evaluate:evaluate"),
     "ingest": ("ingest", "data_pipelines.ingest:run"),
     "synth": ("synth", "data_pipelines.synthetic:run"),
-    "bench backbones": ("bench_backbones", "forecast.bench:backbones"),
+    "bench backbones": ("bench_backbones", "forecast.model.backbones.bench:backbones"),
     "bench ingest": ("bench_ingest", "data_pipelines.bench:ingest"),
 }
 USAGE = """usage: python -m forecast <command> [key=value ...] [-m]

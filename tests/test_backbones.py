@@ -74,7 +74,7 @@ def test_mamba_keeps_mamba_ssm_parameter_names():
 
 def test_torch_and_compiled_paths_agree_and_share_weights():
     """The chunked PyTorch path and the C kernel give one model: same weights, same outputs."""
-    from forecast.backbones import cpu_kernels
+    from forecast.model.backbones import cpu_kernels
 
     if not cpu_kernels.available():
         pytest.skip("no C compiler for the CPU kernels")
@@ -94,7 +94,7 @@ def test_torch_and_compiled_paths_agree_and_share_weights():
 _FAULTS = """
 import resource, sys, torch
 from forecast.allocator import retain_freed_memory
-from forecast.backbones.mamba2 import Mamba2
+from forecast.model.backbones.mamba2 import Mamba2
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
 torch.manual_seed(0)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from forecast.backbones.scan import selective_scan_chunked, selective_scan_ref
+from forecast.model.backbones.scan import selective_scan_chunked, selective_scan_ref
 
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device", allow_module_level=True)
@@ -34,7 +34,7 @@ def test_selective_scan_kernel_matches_torch(fn):
 
 
 def test_mamba_backbone_cuda_equals_torch_forward_and_step():
-    from forecast.backbones.mamba import Mamba
+    from forecast.model.backbones.mamba import Mamba
 
     torch.manual_seed(0)
     cuda, cpu_path = Mamba(32, 2, impl="cuda").cuda(), Mamba(32, 2, impl="torch").cuda()

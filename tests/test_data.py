@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data_pipelines.store import read_prices, write_prices
-from forecast.data import FEATURES, MarketData, add_target, price_features
+from forecast.data.market import FEATURES, MarketData, add_target, price_features
 from forecast.errors import ConfigError
 
 
@@ -154,7 +154,7 @@ def test_cross_sectional_labels_are_per_date_and_leave_features_and_reports_raw(
 
 
 def test_cross_sectional_label_uses_only_same_date_labels_of_its_split():
-    from forecast.data import cross_sectional_label
+    from forecast.data.market import cross_sectional_label
 
     df = pl.DataFrame(dict(date=[1, 1, 1, 2, 2, 3, 3], split=["train", "train", None, "train", "train", "val", "val"],
                            target=[1.0, 3.0, 50.0, 2.0, None, 4.0, 8.0]))

@@ -6,10 +6,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from conftest import CONF
-from forecast.encoders.calendar import CalendarEncoder
-from forecast.encoders.exogenous import ExogenousEncoder
-from forecast.encoders.fusion import FiLMFusion
-from forecast.encoders.news import NewsEncoder, SentenceNewsEncoder
+from forecast.model.encoders.calendar import CalendarEncoder
+from forecast.model.encoders.exogenous import ExogenousEncoder
+from forecast.model.fusion import FiLMFusion
+from forecast.model.encoders.news import NewsEncoder, SentenceNewsEncoder
 
 B, L, K, D = 4, 10, 6, 16
 DIMS = dict(n_features=5, n_tickers=4, window=L, n_calendar=30, n_exog=4, n_exog_mask=4, n_news_tokens=K,

@@ -7,15 +7,17 @@ from datetime import date, timedelta
 import numpy as np
 import polars as pl
 import pytest
+from conftest import CONF, TINY
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import CONF, TINY
-from forecast.baselines import baseline_predictions
 from forecast.errors import ConfigError
-from forecast.evaluate import evaluate, report, score
-from forecast.walk_forward import fold_data, make_folds
+from forecast.evaluation.baselines import baseline_predictions
+from forecast.evaluation.evaluate import evaluate
+from forecast.evaluation.report import walk_forward_report as report
+from forecast.evaluation.scoring import score_walk_forward as score
+from forecast.evaluation.walk_forward import fold_data, make_folds
 
 SESSIONS = [date(2000, 1, 3) + timedelta(days=i) for i in range(1000)]
 EV = OmegaConf.create(dict(strategy="sign", top_k=1, cost_bps=5, ic_window=21, ci=0.95, n_boot=200))

@@ -12,9 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
-
 from conftest import TINY
+from mlflow.tracking import MlflowClient
 
 FAST = [*TINY, "model/backbone=transformer"]
 
@@ -67,14 +66,14 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
 
 def test_a_resumed_logger_logs_each_epoch_once(tmp_path):
     """The epoch re-run after a crash (its metrics were logged, its checkpoint not yet written)."""
-    from forecast.checkpoint import ResumedMLFlowLogger
+    from forecast.tracking.logger import RunLogger
 
     uri = f"sqlite:///{tmp_path}/m.db"
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("e")).info.run_id
     for step in range(3):
         client.log_metric(run_id, "val/loss", 1.0 / (step + 1), step=step)
-    logger = ResumedMLFlowLogger(experiment_name="e", tracking_uri=uri, run_id=run_id)
+    logger = RunLogger(experiment_name="e", tracking_uri=uri, run_id=run_id)
     logger.log_metrics({"val/loss": 1 / 3, "train/loss": 0.5}, step=2)  # epoch 2 again
     logger.log_metrics({"val/loss": 0.25, "train/loss": 0.4}, step=3)
     assert [m.step for m in client.get_metric_history(run_id, "val/loss")] == [0, 1, 2, 3]
@@ -108,7 +107,7 @@ def test_optuna_sweep_is_one_parent_with_three_children_and_a_champion(tmp_path)
 
 
 def _check_predictions(model, run, logged):
-    from forecast.data import MarketData
+    from forecast.data.market import MarketData
 
     p = run.data.params
     dm = MarketData("data/sample", ["SPX"], window=int(p["data.window"]), val_start=p["data.val_start"],
@@ -129,7 +128,7 @@ def test_ddp_on_two_cpu_processes_logs_one_run(tmp_path):
 
 
 def test_ddp_shards_see_every_sample_once():
-    from forecast.data import EpochBatchSampler
+    from forecast.data.market import EpochBatchSampler
 
     shards = []
     for rank in range(2):
@@ -143,19 +142,19 @@ def test_ddp_shards_see_every_sample_once():
 
 
 def test_init_from_loads_matching_weights_and_freezes(tmp_path):
+    from conftest import CONF
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from conftest import CONF
-    from forecast.transfer import load_pretrained
+    from forecast.training.transfer import load_pretrained
 
     source = _run(tmp_path, "experiment=multi_ticker")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/m.db")
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=[*FAST, "modalities=[price,ticker]"])
     model = instantiate(cfg.model, dims=dict(n_features=5, n_tickers=2, window=16))  # other ticker vocab
-    message = load_pretrained(model, source, ["backbone"])
     pretrained = mlflow.pytorch.load_model(f"runs:/{source}/model")
+    message = load_pretrained(model, pretrained, source, ["backbone"])
     assert "encoders.ticker.embed.weight" in message  # shape differs: kept fresh
     for key, value in pretrained.backbone.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[key], value), key

@@ -7,9 +7,9 @@ import polars as pl
 import pytest
 from scipy import stats as st
 
-from forecast.backtest import daily_returns, max_drawdown, strategy_metrics, weights
-from forecast.metrics import ic_series, point_metrics, rank_metrics
-from forecast.stats import block_bootstrap, confidence_interval, diebold_mariano, mean_stat, sharpe_stat
+from forecast.evaluation.backtest import daily_returns, max_drawdown, strategy_metrics, weights
+from forecast.evaluation.metrics import ic_series, point_metrics, rank_metrics
+from forecast.evaluation.stats import block_bootstrap, confidence_interval, diebold_mariano, mean_stat, sharpe_stat
 
 D0 = date(2020, 1, 1)
 

@@ -11,9 +11,9 @@ import torch
 
 from data_pipelines.news import ingest_news
 from data_pipelines.store import NEWS_SCHEMA, write_exogenous, write_news, write_prices
-from forecast.data import MarketData
+from forecast.data.market import MarketData
 from forecast.errors import UserError
-from forecast.modalities import calendar_features, exogenous_wide, mask_symbol, ngram_ids
+from forecast.data.modalities import calendar_features, exogenous_wide, mask_symbol, ngram_ids
 
 CAL = xcals.get_calendar("XNYS", start="2019-12-01", end="2021-12-31")
 SESSIONS = [d.date() for d in CAL.sessions_in_range("2020-01-02", "2021-06-30")]

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from forecast.backbones import cpu_kernels
-from forecast.backbones.scan import (selective_scan, selective_scan_chunked, selective_scan_fused,
+from forecast.model.backbones import cpu_kernels
+from forecast.model.backbones.scan import (selective_scan, selective_scan_chunked, selective_scan_fused,
                                      selective_scan_ref)
 
 FAST = [selective_scan_chunked]
@@ -71,7 +71,7 @@ def test_cuda_impl_without_kernels_raises_clearly():
 
 @pytest.mark.parametrize("L,chunk", [(1, 4), (3, 8), (13, 4), (32, 8)])
 def test_chunked_decay_attention_matches_reference(L, chunk):
-    from forecast.backbones.ssd import decay_attention_chunked, decay_attention_ref
+    from forecast.model.backbones.ssd import decay_attention_chunked, decay_attention_ref
 
     g = torch.Generator().manual_seed(L)
     shapes = [(2, 3, L, 4), (2, 3, L, 4), (2, 3, L, 5)]
@@ -88,7 +88,7 @@ def test_chunked_decay_attention_matches_reference(L, chunk):
 
 def test_chunked_decay_attention_with_shared_qk():
     """Mamba-2's single group: q and k with one head broadcast over the heads of v."""
-    from forecast.backbones.ssd import decay_attention_chunked, decay_attention_ref
+    from forecast.model.backbones.ssd import decay_attention_chunked, decay_attention_ref
 
     g = torch.Generator().manual_seed(7)
     q, k = torch.randn(2, 1, 11, 4, generator=g), torch.randn(2, 1, 11, 4, generator=g)
@@ -100,7 +100,7 @@ def test_chunked_decay_attention_with_shared_qk():
 @pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler for the CPU kernels")
 @pytest.mark.parametrize("L", [1, 2, 9])
 def test_compiled_causal_conv_matches_torch_conv1d(L):
-    from forecast.backbones.block import causal_conv
+    from forecast.model.backbones.block import causal_conv
 
     torch.manual_seed(L)
     conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3)
@@ -117,7 +117,7 @@ def test_compiled_causal_conv_matches_torch_conv1d(L):
 
 
 def test_auto_falls_back_to_pytorch_without_a_compiler(monkeypatch):
-    from forecast.backbones.scan import resolve_impl
+    from forecast.model.backbones.scan import resolve_impl
 
     monkeypatch.setattr(cpu_kernels, "available", lambda: False)
     x = torch.zeros(1, 2, 3)
@@ -130,8 +130,8 @@ def test_cpu_kernels_leave_the_process_float_state_alone():
     """Loading or running the compiled kernels must not turn on flush-to-zero for the whole process."""
     import numpy as np
 
-    from forecast.backbones import cpu_kernels
-    from forecast.backbones.mamba import Mamba
+    from forecast.model.backbones import cpu_kernels
+    from forecast.model.backbones.mamba import Mamba
 
     if not cpu_kernels.available():
         pytest.skip("no C compiler")

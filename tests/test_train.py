@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from conftest import CONF, TINY
-from forecast.train import train
+from forecast.training.train import train
 
 
 def _cfg(uri, *overrides):

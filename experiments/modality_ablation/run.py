@@ -34,7 +34,7 @@ from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from data_pipelines.synthetic import COMPONENTS, session_grid, simulate
-from forecast.metrics import rank_metrics
+from forecast.evaluation.metrics import rank_metrics
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

@@ -23,8 +23,8 @@ from hydra.utils import instantiate
 
 from run import OUT, ROOT, components
 from data_pipelines.synthetic import COMPONENTS
-from forecast.metrics import rank_metrics
-from forecast.module import NOT_INPUTS
+from forecast.evaluation.metrics import rank_metrics
+from forecast.model.forecaster import NOT_INPUTS
 
 
 class Trace(L.Callback):

@@ -1,0 +1,293 @@
+"""Market data: the Parquet store -> causal per-ticker features -> sliding windows split by date.
+
+A sample is anchored at the close of session t: its input window holds the features of sessions
+t-L+1..t (each computed from data up to that session only) and its target is the forward log return
+log(close[t+h] / close[t]). Splits are by date: a train anchor's purge horizon ends before
+`val_start`, a validation anchor's before `test_start`, so no label of one split overlaps the next.
+Normalisation statistics are fitted on train-period rows only. `label` picks what the loss sees: the
+target itself, or the target transformed per date across tickers (cross_sectional_label); forecasts
+are always reported in log-return units beside the raw target.
+"""
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import polars as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from data_pipelines.store import read_prices
+from forecast.errors import ConfigError, UserError
+
+FEATURES = ["ret", "gap", "intraday", "range", "dvol"]
+SPLITS = ("train", "val", "test")
+LABELS = ("raw", "cs_demean", "cs_zscore")
+
+
+def price_features(prices: pl.DataFrame) -> pl.DataFrame:
+    """Scale-free price/volume features; the value at session t uses sessions <= t only."""
+    prev_close = pl.col("close").shift(1).over("ticker")
+    prev_volume = pl.col("volume").shift(1).over("ticker")
+    return prices.sort("ticker", "date").with_columns(
+        ret=(pl.col("close") / prev_close).log(),
+        gap=(pl.col("open") / prev_close).log(),
+        intraday=(pl.col("close") / pl.col("open")).log(),
+        range=(pl.col("high") / pl.col("low")).log(),
+        dvol=(pl.col("volume") + 1).log() - (prev_volume + 1).log(),
+    )
+
+
+def add_target(df: pl.DataFrame, horizon: int) -> pl.DataFrame:
+    """target = log(close[t+h] / close[t]); null where t+h is past the ticker's last session."""
+    future = pl.col("close").shift(-horizon).over("ticker")
+    return df.with_columns(target=(future / pl.col("close")).log())
+
+
+def cross_sectional_label(df: pl.DataFrame, how: str) -> np.ndarray:
+    """The label each anchor is trained and validated on, (N,) (null target -> 0): the raw forward
+    return, or per date across the anchors of that date and split (`cs_demean`: minus their mean;
+    `cs_zscore`: also divided by their std, 0 where that is 0). Only same-date labels of the same split
+    enter, as in Qlib's CSZScoreNorm label processor; features are never touched."""
+    y = pl.col("target")
+    if how == "raw":
+        return df.select(y.fill_null(0.0))["target"].to_numpy()
+    anchor = pl.col("split").is_not_null() & y.is_not_null()
+    by = ("date", "split")
+    out = y - y.filter(anchor).mean().over(*by)
+    if how == "cs_zscore":
+        sd = y.filter(anchor).std(ddof=0).over(*by)
+        out = pl.when(sd > 0).then(out / sd).otherwise(0.0)
+    return df.select(pl.when(anchor).then(out).otherwise(0.0).fill_null(0.0).alias("label"))["label"].to_numpy()
+
+
+def split_dates(dates: pl.Series, val_start, test_start, val_frac: float, test_frac: float) -> tuple[date, date]:
+    """Explicit boundaries, or the quantiles of the distinct dates when they are None."""
+    uniq = dates.unique().sort()
+    n = uniq.len()
+    if val_start is None:
+        val_start = uniq[int(n * (1 - val_frac - test_frac))]
+    if test_start is None:
+        test_start = uniq[int(n * (1 - test_frac))]
+    return date.fromisoformat(str(val_start)), date.fromisoformat(str(test_start))
+
+
+def assign_split(df: pl.DataFrame, window: int, purge: int, val_start: date, test_start: date,
+                 train_start: date | None = None, test_end: date | None = None) -> pl.DataFrame:
+    """Label each row train/val/test/None as an anchor; needs `window` valid feature rows behind it.
+    Optional `train_start` (first train anchor) and `test_end` (exclusive) cut one walk-forward fold."""
+    pos = pl.int_range(pl.len()).over("ticker")
+    purge_end = pl.col("date").shift(-purge).over("ticker")  # session at t + purge (null past the end)
+    usable = (pos >= window) & pl.col("target").is_not_null()  # row 0 has no previous close
+    after_start = pl.lit(True) if train_start is None else pl.col("date") >= train_start
+    before_end = pl.lit(True) if test_end is None else pl.col("date") < test_end
+    split = (
+        pl.when(usable & after_start & (purge_end < val_start)).then(pl.lit("train"))
+        .when(usable & (pl.col("date") >= val_start) & (purge_end < test_start)).then(pl.lit("val"))
+        .when(usable & (pl.col("date") >= test_start) & before_end).then(pl.lit("test"))
+    )
+    return df.with_columns(split=split)
+
+
+class WindowDataset(Dataset):
+    """Windows gathered in one indexing op per batch: the sampler yields lists of sample indices.
+    `inputs` holds per-row tensors (N, ...) such as the price features `x`; each becomes (B, L, ...).
+    `date` (B,) identifies the anchor's session, the cross-section its forecast is ranked in."""
+
+    def __init__(self, inputs: dict[str, torch.Tensor], ticker: torch.Tensor, target: torch.Tensor,
+                 anchors: torch.Tensor, window: int, date: torch.Tensor):
+        self.inputs, self.ticker, self.target, self.anchors, self.date = inputs, ticker, target, anchors, date
+        self.offsets = torch.arange(-window + 1, 1)  # (L,)
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def __getitem__(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        a = self.anchors[idx]  # (B,)
+        rows = a[:, None] + self.offsets  # (B, L)
+        windows = {name: v[rows] for name, v in self.inputs.items()}  # each (B, L, ...)
+        return dict(windows, ticker=self.ticker[a], y=self.target[a], row=a, date=self.date[a])
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of sample indices; the shuffle is a function of (seed, epoch) only, so a run resumed
+    from a checkpoint sees the same order as an uninterrupted one. Under DDP each rank takes every
+    `world_size`-th sample of the permutation (padded to equal length), so no sample is seen twice."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, shard: bool = True):
+        self.n, self.batch_size, self.shuffle, self.seed, self.epoch = n, batch_size, shuffle, seed, 0
+        dist = shard and torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if dist else 0
+        self.world = torch.distributed.get_world_size() if dist else 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        if not self.shuffle:
+            idx = torch.arange(self.n)
+        else:
+            idx = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        if self.world > 1:
+            per_rank = -(-self.n // self.world)
+            idx = torch.cat([idx, idx[: per_rank * self.world - self.n]])[self.rank::self.world]
+        return idx
+
+    def __iter__(self):
+        yield from (b.tolist() for b in self._indices().split(self.batch_size))
+
+    def __len__(self) -> int:
+        per_rank = -(-self.n // self.world)  # ceil
+        return -(-per_rank // self.batch_size)
+
+
+class MarketData(L.LightningDataModule):
+    def __init__(self, store: str, tickers: list[str] | None = None, window: int = 64, horizon: int = 1,
+                 purge: int | None = None, val_start: str | None = None, test_start: str | None = None,
+                 val_frac: float = 0.15, test_frac: float = 0.15, batch_size: int = 128, num_workers: int = 0,
+                 modalities: list[str] = ("price",), train_start: str | None = None, test_end: str | None = None,
+                 seed: int = 0, label: str = "raw", exog_level_window: int | None = None):
+        super().__init__()
+        purge = horizon if purge is None else purge
+        for key, value, low in [("window", window, 2), ("horizon", horizon, 1), ("batch_size", batch_size, 1),
+                                ("purge", purge, horizon)]:
+            _check(isinstance(value, int) and value >= low, key, f"must be an integer >= {low}, got {value!r}"
+                   + (" (at least the horizon, so labels never overlap)" if key == "purge" else ""))
+        _check(0 < val_frac and 0 < test_frac and val_frac + test_frac < 1, "val_frac",
+               f"val_frac and test_frac must be > 0 with a sum < 1, got {val_frac} and {test_frac}")
+        tickers = [tickers] if isinstance(tickers, (str, int)) else tickers  # data.tickers=SPX is one ticker
+        self.store, self.tickers = store, None if tickers is None else [str(t) for t in tickers]
+        self.window, self.horizon, self.purge, self.batch_size = window, horizon, purge, batch_size
+        self.bounds = (val_start, test_start, val_frac, test_frac)
+        self.num_workers, self.seed = num_workers, seed
+        self.modalities = [str(m) for m in modalities]
+        unknown = sorted(set(self.modalities) - set(known_modalities()))
+        _check(not unknown, "modalities", f"unknown {unknown}; known: {known_modalities()}")
+        _check(label in LABELS, "label", f"must be one of {list(LABELS)}, got {label!r}")
+        self.label = label
+        _check(exog_level_window is None or (isinstance(exog_level_window, int) and exog_level_window >= 4),
+               "exog_level_window", f"must be null or an integer >= 4, got {exog_level_window!r}")
+        self.exog_level_window = exog_level_window
+        self._check_label(self.tickers)
+        self.fold = tuple(None if d is None else date.fromisoformat(str(d)) for d in (train_start, test_end))
+        self.frame: pl.DataFrame | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.frame is not None:
+            return
+        if not (Path(self.store) / "manifest.parquet").exists():
+            raise UserError(f"data.store: no store at {self.store}; stores found: {find_stores() or 'none'} "
+                            "(build one with `python -m forecast ingest path=<files> store=<dir>`)")
+        df = add_target(price_features(read_prices(self.store, self.tickers)), self.horizon)
+        self.val_start, self.test_start = split_dates(df["date"], *self.bounds)
+        _check(self.val_start < self.test_start, "val_start",
+               f"must be before test_start, got {self.val_start} >= {self.test_start}")
+        self._check_label(df["ticker"].unique().to_list())
+        self.frame = assign_split(df, self.window, self.purge, self.val_start, self.test_start, *self.fold)
+        counts = {s: self.frame.filter(pl.col("split") == s).height for s in SPLITS}
+        for s, n in counts.items():
+            _check(n > 0, f"{'val' if s == 'train' else s}_start",
+                   f"the {s} split is empty (dates {df['date'].min()}..{df['date'].max()}, "
+                   f"val_start={self.val_start}, test_start={self.test_start}, window={self.window})")
+        self._fit_and_tensorise()
+
+    def _fit_and_tensorise(self) -> None:
+        """Normalisation and target scale from train-period rows only; then one tensor per column."""
+        df = self.frame
+        fit_rows = (df["date"] < self.val_start) & (df["date"] >= (self.fold[0] or date.min))
+        fit = df.filter(fit_rows)
+        stats = fit.select(*[pl.col(c).drop_nans().mean().alias(c) for c in FEATURES]).row(0), \
+            fit.select(*[pl.col(c).drop_nans().std().alias(c) for c in FEATURES]).row(0)
+        self.feature_mean = np.array(stats[0], dtype=np.float64)
+        self.feature_std = np.array([s if s and s > 0 else 1.0 for s in stats[1]], dtype=np.float64)
+        train = (df["split"] == "train").fill_null(False).to_numpy()
+        self.target_mean = float(df.filter(pl.col("split") == "train")["target"].mean())
+        label = cross_sectional_label(df, self.label)  # (N,) what the loss sees, before scaling
+        demeaned = label if self.label != "cs_zscore" else cross_sectional_label(df, "cs_demean")
+        self.target_std = float(np.std(demeaned[train], ddof=1))  # forecasts x this = log-return units
+        x = df.select(FEATURES).to_numpy()
+        x = np.nan_to_num((x - self.feature_mean) / self.feature_std, nan=0.0, posinf=0.0, neginf=0.0)
+        self.inputs = {"x": torch.tensor(x, dtype=torch.float32)}  # (N, F)
+        self.inputs.update(self._modality_inputs(fit_rows.to_numpy()))
+        self.vocab = sorted(set(df.filter(pl.col("split") == "train")["ticker"].to_list()))
+        ids = {t: i + 1 for i, t in enumerate(self.vocab)}  # 0: a ticker unseen in training
+        self.ticker_ids = torch.tensor([ids.get(t, 0) for t in df["ticker"].to_list()], dtype=torch.long)
+        scale = 1.0 if self.label == "cs_zscore" else self.target_std
+        self.targets = torch.tensor(label / scale, dtype=torch.float32)  # (N,) in train-std units
+        days = df["date"].cast(pl.Int32).to_numpy()  # days since 1970: the cross-section of a sample
+        self.date_ids = torch.tensor(days, dtype=torch.long)
+        self.anchors = {s: torch.tensor(np.flatnonzero((df["split"] == s).to_numpy()), dtype=torch.long)
+                        for s in SPLITS}
+
+    def _modality_inputs(self, fit_rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """Per-row inputs of the modalities beyond price and ticker (see forecast/modalities.py)."""
+        extra = [m for m in self.modalities if m not in ("price", "ticker")]
+        if not extra:
+            return {}
+        from forecast.data.modalities import row_inputs
+
+        return row_inputs(extra, self.frame, self.store, fit_rows,
+                          {"exogenous": {"level_window": self.exog_level_window}})
+
+    @property
+    def features(self) -> torch.Tensor:
+        return self.inputs["x"]  # (N, F) normalised price features
+
+    @property
+    def dims(self) -> dict[str, int]:
+        dims = dict(n_features=len(FEATURES), n_tickers=len(self.vocab) + 1, window=self.window)
+        dims.update({f"n_{k}": v.shape[-1] for k, v in self.inputs.items() if k != "x" and v.dim() == 2})
+        return dims
+
+    def dataset(self, split: str) -> WindowDataset:
+        return WindowDataset(self.inputs, self.ticker_ids, self.targets, self.anchors[split], self.window,
+                             self.date_ids)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        """Train and val batches are sharded across DDP ranks; test batches never (rank 0 tests alone)."""
+        ds = self.dataset(split)
+        sampler = EpochBatchSampler(len(ds), self.batch_size, shuffle=shuffle, seed=self.seed, shard=split != "test")
+        if self.trainer is not None:  # Lightning iterates a resumed epoch before it calls set_epoch
+            sampler.set_epoch(self.trainer.current_epoch)
+        return DataLoader(ds, batch_size=None, sampler=sampler, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predictions_frame(self, split: str, pred: torch.Tensor) -> pl.DataFrame:
+        """(ticker, date, pred, realised) in log-return units for the anchors of `split`."""
+        rows = self.anchors[split].numpy()
+        out = self.frame[rows].select("ticker", "date", realised=pl.col("target"))
+        return out.with_columns(pred=pl.Series(pred.double().numpy() * self.target_std))
+
+    def _check_label(self, tickers: list[str] | None) -> None:
+        """A cross-sectional label needs a cross-section: more than one ticker."""
+        if self.label != "raw" and tickers is not None and len(set(tickers)) < 2:
+            raise ConfigError("label", f"{self.label} transforms the label per date across tickers, but the run "
+                                       f"has one ticker {sorted(set(tickers))}; set it to raw")
+
+
+def known_modalities() -> list[str]:
+    """price and ticker, plus the per-row modalities of forecast/data/modalities.py."""
+    from forecast.data.modalities import MODALITIES
+
+    return ["price", "ticker", *MODALITIES]
+
+
+def find_stores(roots=("data", ".")) -> list[str]:
+    """Directories holding a store manifest, one level below each root."""
+    found = {str(p.parent) for r in roots if Path(r).is_dir() for p in Path(r).glob("*/manifest.parquet")}
+    return sorted(found)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)

@@ -1,0 +1,1 @@
+"""Scores, naive baselines, walk-forward folds, backtests and significance tests."""

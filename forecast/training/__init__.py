@@ -1,0 +1,1 @@
+"""The one fit / best-checkpoint / forecast path, and the train command that orchestrates it."""

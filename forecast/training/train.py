@@ -1,0 +1,104 @@
+"""train(cfg): seed; build data, model and logger from config; fit (forecast/training/fit.py); forecast
+the test split; score it beside the naive baselines; log everything to one MLflow run; return the
+validation loss (what a sweeper optimises: never a test metric)."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from forecast.errors import ConfigError
+from forecast.evaluation.baselines import check_names
+from forecast.evaluation.metrics import flat_metrics
+from forecast.evaluation.report import point_report
+from forecast.evaluation.scoring import score_points, with_baselines
+from forecast.tracking import registry, runs
+from forecast.tracking.sweep import PARENT_RUN_ENV
+from forecast.training.fit import fit, forecast
+from forecast.training.transfer import load_pretrained
+
+
+def train(cfg: DictConfig) -> float:
+    run_id, ckpt = None, None
+    if cfg.get("resume"):
+        run_id, ckpt = runs.resume_target(runs.connect(cfg.logger), str(cfg.resume), cfg.trainer.default_root_dir)
+        cfg = stored_config(run_id, cfg)
+    check_names(cfg.get("baselines", []), "baselines")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = build_data(cfg)  # user errors surface here, before anything is written to the tracking store
+    model = instantiate(cfg.model, dims=dm.dims)
+    experiment_id = runs.connect(cfg.logger)
+    if cfg.get("init_from") and ckpt is None:
+        print(load_pretrained(model, runs.load_model(str(cfg.init_from)), str(cfg.init_from),
+                              list(cfg.get("freeze") or [])))
+    if os.environ.get("LOCAL_RANK", "0") != "0":  # a DDP worker: it trains, rank 0 logs and tests
+        fit(cfg, dm, model, instantiate(cfg.logger), None)
+        return math.nan
+    # A sweep's trials learn their parent run from the environment: Hydra's launchers (joblib, a
+    # cluster) start them in other processes, where no argument of ours can reach them.
+    parent = os.environ.get(PARENT_RUN_ENV)
+    with runs.open_run(cfg.get("run_name"), run_id, parent) as run_id:
+        if ckpt is None:
+            runs.log_config(cfg, data_params(dm))
+        fitted = fit(cfg, dm, model, instantiate(cfg.logger, run_id=run_id), ckpt)
+        frame = dm.predictions_frame("test", forecast(model, dm.test_dataloader()))
+        frame = with_baselines(frame, dm.frame, list(cfg.get("baselines", [])))
+        results = score_points(frame)
+        runs.log_metrics({**flat_metrics(results), "val/best_loss": fitted.val_loss,
+                          "perf/checkpoint_fraction": fitted.checkpoint_fraction})
+        uri = log_outputs(frame, model, dm)
+        if cfg.get("register") and not parent:  # in a sweep, forecast.tracking.sweep registers the best trial
+            print(registry.promote(cfg.registry.model, cfg.registry.alias, run_id, uri, fitted.val_loss))
+    print(point_report(results))
+    print(runs.footer(cfg.logger.tracking_uri, experiment_id, run_id))
+    return fitted.val_loss
+
+
+def build_data(cfg: DictConfig):
+    dm = instantiate(cfg.data)
+    try:
+        dm.setup()
+    except ConfigError as e:
+        raise e.within("data") from None
+    return dm
+
+
+def data_params(dm) -> dict[str, str]:
+    """The data sizes and the split dates and tickers the run resolved (given or by quantile)."""
+    sizes = {f"data.n_{s}": len(a) for s, a in dm.anchors.items()}
+    return dict(sizes, **{"data.val_start_resolved": dm.val_start, "data.test_start_resolved": dm.test_start,
+                          "data.tickers_resolved": ",".join(dm.frame["ticker"].unique().sort())})
+
+
+def log_outputs(frame, model, dm) -> str:
+    """The test forecasts (plot and Parquet) and the model; returns the model's URI."""
+    from forecast.evaluation.plots import plot_predictions
+
+    runs.log_figure(plot_predictions(frame), "plots/test_predictions.png")
+    runs.log_tables({"predictions/test_predictions.parquet": frame})
+    example = next(iter(dm.test_dataloader()))["x"][:2].numpy()  # (2, L, F)
+    return runs.log_model(model, example)
+
+
+def stored_config(run_id: str, cfg: DictConfig) -> DictConfig:
+    """The run's own logged config, so a resumed run continues exactly what it started. Given values
+    that differ from it are not applied, and are named on stderr."""
+    stored = runs.stored_config(run_id)
+    changed = differing(stored, cfg)
+    if changed:
+        shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+        print(f"resume={cfg.resume}: continuing run {run_id} with its logged config; not applied: {shown}",
+              file=sys.stderr)
+    stored.resume = cfg.resume
+    return stored
+
+
+def differing(stored: DictConfig, given: DictConfig) -> list[str]:
+    """'key=given (run: stored)' for every config key whose given value differs from the run's."""
+    a, b = (runs.flatten(OmegaConf.to_container(c, resolve=True)) for c in (stored, given))
+    return [f"{k}={b.get(k)} (run: {a.get(k)})" for k in sorted(a.keys() | b.keys())
+            if k != "resume" and a.get(k) != b.get(k)]

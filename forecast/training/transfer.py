@@ -1,0 +1,35 @@
+"""Pre-train, then fine-tune: start a model from the weights of an earlier run or a registered model.
+
+`init_from=<run_id>` or `init_from=models:/<name>@champion`; `freeze=[encoders,backbone]` keeps those
+parts fixed. Tensors whose shape differs (e.g. a ticker embedding over another set of tickers) keep
+their fresh initialisation, and the message says which. The source model is loaded by
+forecast/tracking/runs.py (`load_model`).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from forecast.errors import ConfigError
+
+PARTS = ("encoders", "fusion", "backbone", "head")
+
+
+def check_freeze(freeze: list[str]) -> None:
+    unknown = sorted(set(freeze) - set(PARTS))
+    if unknown:
+        raise ConfigError("freeze", f"unknown parts {unknown}; parts: {list(PARTS)}")
+
+
+def load_pretrained(model: nn.Module, source: nn.Module, name: str, freeze: list[str]) -> str:
+    """Copy `source`'s tensors of matching name and shape into `model`; freeze the `freeze` parts."""
+    check_freeze(freeze)
+    weights, own = source.state_dict(), model.state_dict()
+    loaded = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(k for k in own if k not in loaded)
+    model.load_state_dict(loaded, strict=False)
+    for part in freeze:
+        for p in getattr(model, part).parameters():
+            p.requires_grad_(False)
+    frozen = f", frozen: {freeze}" if freeze else ""
+    return (f"init_from {name}: loaded {len(loaded)}/{len(own)} tensors"
+            + (f", kept fresh: {skipped}" if skipped else "") + frozen)
