@@ -15,3 +15,25 @@ def _run_from_repo_root(monkeypatch):
     """Configs name the bundled store relative to the project root, as a user's shell would."""
     monkeypatch.chdir(ROOT)
     os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory) -> dict:
+    """The package installed as a user installs it (`pip install .`, not editable) into a folder of
+    its own, and the environment that runs it from any working directory: PYTHONPATH puts that copy
+    ahead of the source tree, so configs and the bundled sample must come from the installed files."""
+    import shutil
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("install")
+    src, site = tmp / "src", tmp / "site"
+    keep = ["forecast", "data_pipelines", "conf", "data", "pyproject.toml", "setup.py", "README.md"]
+    for name in keep:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(src)], check=True, capture_output=True, timeout=300)
+    return dict(os.environ, PYTHONPATH=str(site))

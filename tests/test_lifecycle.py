@@ -1,6 +1,7 @@
 """Experiments at the scale of use: a killed run resumes to the same result, a sweep is one parent
 run with a child per trial and registers its best, DDP on 2 CPU processes logs one run, and a
-model starts from another run's weights."""
+model starts from another run's weights. Every command runs as a user runs it: the package
+installed (not editable) and the working directory outside the repository."""
 import re
 import signal
 import subprocess
@@ -16,6 +17,25 @@ from conftest import TINY
 from mlflow.tracking import MlflowClient
 
 FAST = [*TINY, "model/backbone=transformer"]
+RUN: dict = {}  # env and cwd of the installed copy
+
+
+@pytest.fixture(autouse=True)
+def _from_an_installed_copy(installed, tmp_path_factory):
+    RUN.update(env=installed, cwd=tmp_path_factory.mktemp("cwd"))
+
+
+def test_the_installed_package_trains_from_any_folder():
+    """Configs and the bundled sample come from the installed package; what the run writes stays here."""
+    probe = "import forecast.resources as r; print(r.conf_dir(), r.sample_store())"
+    where = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, **RUN)
+    site = RUN["env"]["PYTHONPATH"]
+    assert all(path.startswith(site) for path in where.stdout.split()), where.stdout
+    p = subprocess.run([sys.executable, "-m", "forecast", "train", *FAST], capture_output=True, text=True,
+                       timeout=600, env=RUN["env"], cwd=RUN["cwd"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().splitlines()[-1].endswith("tracking_uri=sqlite:///mlflow.db")
+    assert (RUN["cwd"] / "mlflow.db").exists() and (RUN["cwd"] / "checkpoints").is_dir()
 
 
 def _cmd(tmp, *args):
@@ -25,7 +45,7 @@ def _cmd(tmp, *args):
 
 def _train(tmp, *args) -> tuple[str, str]:
     """(run_id, stderr) of a `forecast train` that must succeed."""
-    p = subprocess.run(_cmd(tmp, *args), capture_output=True, text=True, timeout=600)
+    p = subprocess.run(_cmd(tmp, *args), capture_output=True, text=True, timeout=600, **RUN)
     assert p.returncode == 0, p.stderr[-3000:]
     return re.search(r"run_id=(\w+)", p.stdout.strip().splitlines()[-1]).group(1), p.stderr
 
@@ -38,15 +58,21 @@ def _metrics(tmp, run_id):
     return MlflowClient(f"sqlite:///{tmp}/m.db").get_run(run_id).data.metrics
 
 
+def _epochs_done(tmp) -> int:
+    """Epochs in the run's last.ckpt (written atomically, so it is whole whenever it exists)."""
+    last = list(tmp.glob("ckpt/*/*/checkpoints/last.ckpt"))
+    return torch.load(last[0], map_location="cpu", weights_only=False)["epoch"] + 1 if last else 0
+
+
 def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     long = ["trainer.max_epochs=5", "callbacks.early_stopping.patience=100", "model.head.dropout=0.2",
             "+callbacks.ema._target_=lightning.pytorch.callbacks.EMAWeightAveraging"]  # its average resumes too
     whole = _run(tmp_path / "a", *long)
     b = tmp_path / "b"
-    proc = subprocess.Popen(_cmd(b, *long), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cmd(b, *long), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **RUN)
     deadline = time.time() + 300
-    while not list(b.glob("ckpt/*/*/checkpoints/epoch=1-*.ckpt")) and time.time() < deadline:
-        time.sleep(0.2)
+    while _epochs_done(b) < 2 and time.time() < deadline:  # killed after epoch 2 of 5 is checkpointed
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -82,7 +108,7 @@ def test_a_resumed_logger_logs_each_epoch_once(tmp_path):
 
 def test_optuna_sweep_is_one_parent_with_three_children_and_a_champion(tmp_path):
     p = subprocess.run(_cmd(tmp_path, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "register=true",
-                            f"hydra.sweep.dir={tmp_path}/sweep"), capture_output=True, text=True, timeout=900)
+                            f"hydra.sweep.dir={tmp_path}/sweep"), capture_output=True, text=True, timeout=900, **RUN)
     assert p.returncode == 0, p.stderr[-3000:]
     uri = f"sqlite:///{tmp_path}/m.db"
     client = MlflowClient(uri)
@@ -108,10 +134,11 @@ def test_optuna_sweep_is_one_parent_with_three_children_and_a_champion(tmp_path)
 
 def _check_predictions(model, run, logged):
     from forecast.data.market import MarketData
+    from forecast.resources import sample_store
 
     p = run.data.params
-    dm = MarketData("data/sample", ["SPX"], window=int(p["data.window"]), val_start=p["data.val_start"],
-                    test_start=p["data.test_start"])
+    dm = MarketData(sample_store(), ["SPX"], window=int(p["data.window"]), val_start=p["data.val_start_resolved"],
+                    test_start=p["data.test_start_resolved"])
     dm.setup()
     batch = dm.dataset("test")[list(range(16))]
     with torch.no_grad():

@@ -148,6 +148,15 @@ def markdown(records: list[dict]) -> str:
     return out
 
 
+def missing_references(specs: dict) -> dict[str, str]:
+    """{label: reason} for the external references that are not installed (the `[bench]` extra)."""
+    import importlib.util
+
+    if "mambapy" in specs and importlib.util.find_spec("mambapy") is None:
+        return {"mambapy": "the mamba.py package is not installed (pip install -e \".[bench]\")"}
+    return {}
+
+
 def backbones(cfg: DictConfig) -> list[dict]:
     """Run the benchmark described by conf/bench_backbones.yaml; write JSON + Markdown; return records."""
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -157,6 +166,10 @@ def backbones(cfg: DictConfig) -> list[dict]:
             for n in plain["lengths"] if n <= spec.get("max_length", float("inf"))]
     if plain["step_history"]:
         jobs += [(measure_step, label, spec) for label, spec in plain["backbones"].items() if label != "mambapy"]
+    skipped = missing_references(plain["backbones"])
+    for label, why in skipped.items():
+        print(f"note: {label} skipped: {why}", flush=True)
+    jobs = [job for job in jobs if job[1] not in skipped]
     records = []
     for fn, *args in jobs:
         records.append(_in_fresh_process(fn, *args, plain))
