@@ -9,7 +9,7 @@ ARGS ?=
 install: $(VENV)/.installed
 
 # torch first, pinned: the CPU wheel. Then the project, editable, with its test tools.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
@@ -23,6 +23,7 @@ evaluate: install
 	$(BIN)/python -m forecast evaluate $(ARGS)
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 
 # Rebuild data/sample from the real series inside the arch and backtesting packages.

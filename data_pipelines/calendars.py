@@ -2,8 +2,10 @@
 
 Rules (documented in the README's "bring your own data" section):
 - A row whose date is not a session of its ticker's exchange is quarantined ("not a session").
-- The calendar is built from the earliest date in the data (`start=`), not the library's 20-year
-  default, so old history is checked too.
+- The calendar is built from the earliest date in the data (`start=`, rounded down to its decade),
+  not the library's 20-year default, so old history is checked too.
+- Which exchange a ticker trades on (explicit, from its name, or the best-fitting calendar) is
+  decided in `exchanges.py`.
 - Some calendars cannot be evaluated before a bound (XTKS: 1997-01-01). Before that bound a row is
   accepted on a weekday and quarantined on a weekend; such rows are counted as `unchecked`.
 - Missing sessions (sessions between a ticker's first and last date that it has no row for, counted
@@ -44,15 +46,20 @@ def _build(code: str, start: dt.date):
         return xcals.get_calendar(code, start=start.isoformat())
 
 
-@lru_cache(maxsize=16)
 def calendar(code: str, start: dt.date):
-    """The exchange-calendars calendar `code`, starting at `start` or at its bound if later."""
+    """The exchange-calendars calendar `code`, starting on or before `start` (at the start of its
+    decade, so that calendars are built once for nearby starts) or at its bound if later."""
+    return _calendar(code, dt.date(start.year // 10 * 10, 1, 1))
+
+
+@lru_cache(maxsize=128)
+def _calendar(code: str, start: dt.date):
     first = bound(code)
     return _build(code, max(start, first or start))
 
 
 def sessions(code: str, start: dt.date) -> pl.Series:
-    """Session dates of `code` from `start` (or the calendar's bound) to its end, as pl.Date."""
+    """Session dates of `code` from on or before `start` (or from the calendar's bound) to its end, as pl.Date."""
     return pl.Series("session", calendar(code, start).sessions.values.astype("datetime64[D]")).cast(pl.Date)
 
 

@@ -4,8 +4,8 @@ A macro file is wide (`date, VIX, CPI, ...`) or long (`series, date, value`). A 
 (for a monthly series, its period's first day) with publication lag `L` calendar days becomes known
 on the first session on or after `d + L`, and is usable from that session's close on. Several values
 that become known on the same session: the latest stamp wins. A model at session t sees only values
-whose known session is <= t (`asof_join`), so nothing looks ahead as long as the lag is honest:
-January's CPI, stamped 2024-01-01 and published mid-February, needs `lag_days: {CPI: 45}`.
+whose known session is <= t (the as-of join is in `forecast`), so nothing looks ahead as long as the
+lag is honest: January's CPI, stamped 2024-01-01 and published mid-February, needs `lag_days: {CPI: 45}`.
 Blank cells (and the markers in BLANK) are not values: a wide file mixing daily and monthly series
 is mostly blank. Unparsable dates and numbers are quarantined.
 """
@@ -16,10 +16,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from data_pipelines import calendars, store as st
+from data_pipelines import calendars
+from data_pipelines import store as st
 from data_pipelines.formats import infer_date_format, normalise
 from data_pipelines.parse import date_expr
+from data_pipelines.rawtext import unexpected
 
+_VALUES = dict(series=pl.String, stamp=pl.Date, value=pl.Float64, line=pl.Int64)
 BLANK = ["", ".", "NA", "N/A", "#N/A", "NaN", "nan", "null"]  # no value (FRED writes '.'): not a row
 DATE_NAMES = {"date", "datetime", "timestamp", "day", "observationdate", "month", "period"}
 
@@ -43,11 +46,15 @@ def read_series(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def _read(path: Path) -> pl.DataFrame:
-    if path.suffix.lower() in (".parquet", ".pq"):
-        df = pl.read_parquet(path)
-        df = df.select(pl.all().cast(pl.String))
-    else:
-        df = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True)
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            df = pl.read_parquet(path)
+            df = df.select(pl.all().cast(pl.String))
+        else:
+            df = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise st.StoreError(f"{path}: unreadable ({why})") from None
     if df.height == 0:
         raise st.StoreError(f"{path}: no data rows")
     return df.with_row_index("line", offset=2).with_columns(pl.col("line").cast(pl.Int64))
@@ -90,26 +97,32 @@ def apply_lag(values: pl.DataFrame, lag_days: dict, sessions: pl.Series) -> pl.D
             .group_by("series", "date", maintain_order=True).agg(pl.col("value").last()))
 
 
-def asof_join(frame: pl.DataFrame, exo: pl.DataFrame) -> pl.DataFrame:
-    """`frame` (with a `date` column) plus one column per series: the latest value known on or before
-    the row's date (null before the first known value). Never uses a value known later."""
-    out = frame.with_row_index("_row").sort("date")
-    for name in sorted(exo["series"].unique()):
-        s = exo.filter(pl.col("series") == name).select("date", pl.col("value").alias(name)).sort("date")
-        out = out.join_asof(s, on="date", strategy="backward")
-    return out.sort("_row").drop("_row")
-
-
-def ingest_exogenous(paths: list[Path], store: str | Path, lag_days: dict, exchange: str = "XNYS") -> int:
+def ingest_exogenous(paths: list[Path], store: str | Path, lag_days: dict, exchange: str = "XNYS",
+                     optional: list[Path] = (), rejected: dict | None = None,
+                     default_lags: dict | None = None) -> int:
     """Read macro files, apply publication lags on `exchange`'s sessions, merge into the store (series
-    read here replace same-named ones; others are kept). Returns the number of values read."""
-    parts = [(Path(p), *read_series(Path(p))) for p in paths]
-    values = pl.concat([v for _, v, _ in parts])
+    read here replace same-named ones; others are kept). Returns the number of values read.
+
+    A file in `optional` (found in a vendor drop) that cannot be read is recorded in `rejected`
+    instead of raising. `default_lags` (from a lag_days.json) apply to series `lag_days` does not name;
+    unlike `lag_days`, they may name series the files lack."""
+    parts = []
+    for p in map(Path, paths):
+        try:
+            parts.append((p, *read_series(p)))
+        except Exception as e:  # noqa: BLE001 - a file found in a drop is rejected, never stops the rest
+            if p not in optional or rejected is None:
+                raise
+            rejected[str(p)] = str(e).removeprefix(f"{p}: ") if isinstance(e, st.StoreError) else unexpected(e)
+    if not parts:
+        return 0
+    values = pl.concat([pl.DataFrame(schema=_VALUES), *(v for _, v, _ in parts)])
     names = set(values["series"].unique())
     unknown = sorted(set(lag_days) - names - {"default"})
     if unknown:  # a typo here would silently give CPI a lag of 0: a look-ahead
         raise st.StoreError(f"exogenous.lag_days: unknown series {unknown}; the files have {sorted(names)}")
-    table = apply_lag(values, lag_days, calendars.sessions(exchange, values["stamp"].min())) if values.height \
+    lags = {**(default_lags or {}), **lag_days}
+    table = apply_lag(values, lags, calendars.sessions(exchange, values["stamp"].min())) if values.height \
         else pl.DataFrame(schema=st.EXOGENOUS_SCHEMA)
     old = st.read_exogenous(store)
     if old is not None:

@@ -5,6 +5,9 @@ Known layouts (any letter case, `<..>` brackets, spaces or underscores):
     Stooq   Date,Open,High,Low,Close,Volume[,OpenInt]   and the bulk form <TICKER>,<PER>,<DATE>,<TIME>,...
     Parquet the same names as columns
 Columns outside the known roles are ignored and listed in the report.
+
+`table_kind` tells the tables of a vendor drop apart by their header: prices, news
+(`published_at, ticker, headline`) or exogenous series (wide `date, A, B` or long `series, date, value`).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REQUIRED = ("date", "open", "high", "low", "close", "volume")
-ALIASES = {
+PRICE_ALIASES = {
     "date": "date", "datetime": "date", "timestamp": "date", "day": "date",
     "open": "open", "o": "open", "high": "high", "h": "high", "low": "low", "l": "low",
     "close": "close", "c": "close", "adjclose": "adj_close", "adjustedclose": "adj_close",
@@ -45,6 +48,10 @@ class FormatError(ValueError):
     """The file cannot be read as prices at all (its rows go to quarantine with this reason)."""
 
 
+class UnreadableFile(FormatError):
+    """The file has no lines to quarantine: not text, truncated, or not readable at all."""
+
+
 def normalise(name: str) -> str:
     return re.sub(r"[\s_<>\"'\ufeff-]", "", name).lower()
 
@@ -60,10 +67,13 @@ def sniff_delimiter(header_line: str) -> str:
 def parse_header(header_line: str) -> FileSpec:
     """Column roles from a header line; FormatError names what is missing."""
     delimiter = sniff_delimiter(header_line)
-    header = next(csv.reader([header_line], delimiter=delimiter))
+    try:
+        header = next(csv.reader([header_line], delimiter=delimiter))
+    except csv.Error as e:  # e.g. a carriage return inside the line: not a header
+        raise UnreadableFile(f"not a text table ({e})") from None
     roles, ignored = {}, []
     for i, name in enumerate(header):
-        role = ALIASES.get(normalise(name))
+        role = PRICE_ALIASES.get(normalise(name))
         if role and role not in roles:
             roles[role] = i
         elif not (i == 0 and normalise(name) in UNNAMED):
@@ -81,6 +91,30 @@ def check_roles(spec: FileSpec) -> FileSpec:
     return spec
 
 
+def header_columns(header_line: str) -> list[str]:
+    """The column names of a header line, split on its likeliest delimiter (one column if none)."""
+    counts = {d: header_line.count(d) for d in DELIMITERS}
+    best = max(counts, key=counts.get)
+    parts = header_line.split(best) if counts[best] else [header_line]
+    return [c.strip().strip('"').strip() for c in parts]
+
+
+def table_kind(header: list[str]) -> str:
+    """'prices', 'news' or 'exogenous', from column names alone. Any price column (open, close,
+    volume, ticker, ...) makes a price table, complete or not, so a price file missing a column is
+    rejected as prices rather than stored as series; a file matching nothing is a (rejected) price table."""
+    from data_pipelines.exogenous import DATE_NAMES
+    from data_pipelines.news import NEWS_ALIASES
+
+    names = [normalise(c) for c in header]
+    if {NEWS_ALIASES.get(n) for n in names} >= {"published_at", "headline"}:
+        return "news"
+    if any(PRICE_ALIASES.get(n, "date") != "date" for n in names):
+        return "prices"
+    has_date = any(n in DATE_NAMES for n in names) or (bool(names) and names[0] in UNNAMED)
+    return "exogenous" if has_date and len(names) >= 2 else "prices"  # long: series, date, value
+
+
 def infer_date_format(samples: list[str]) -> str:
     """The first format that parses every sample (or the most samples), from DATE_FORMATS."""
     import datetime as dt
@@ -92,7 +126,7 @@ def infer_date_format(samples: list[str]) -> str:
         except ValueError:
             return False
 
-    samples = [date_part(s) for s in samples if s and normalise(s) not in ALIASES][:50]
+    samples = [date_part(s) for s in samples if s and normalise(s) not in PRICE_ALIASES][:50]
     if not samples:
         return DATE_FORMATS[0]
     scores = [(sum(parses(s, f) for s in samples), -i, f) for i, f in enumerate(DATE_FORMATS)]

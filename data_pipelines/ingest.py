@@ -5,8 +5,11 @@ adjustment -> merge with what the store holds -> write (atomic) -> one summary l
 
     files=.. rows_read=.. rows_stored=.. rows_quarantined=.. duplicates=.. (+ details)
 
-followed by the count of each quarantine reason. `rows_read = rows_stored + rows_quarantined +
-duplicates` always holds. The exit code is 1 only when nothing usable was found.
+followed by the count of each quarantine reason, each ticker's exchange and how well its dates fit
+it (`exchanges.py`), and every file rejected or skipped with its reason. `rows_read = rows_stored +
+rows_quarantined + duplicates` always holds. A folder may be a whole vendor drop: news and exogenous
+tables in it are told apart by their headers and stored as such (`drop.py`). The exit code is 1 only
+when nothing usable was found.
 """
 from __future__ import annotations
 
@@ -17,16 +20,18 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from data_pipelines import calendars, store as st
+from data_pipelines import calendars, exchanges
+from data_pipelines import store as st
 from data_pipelines.adjust import adjust
 from data_pipelines.dedup import dedup
-from data_pipelines.read import discover, read_sources
+from data_pipelines.drop import LAG_FILE, discover, side_tables
+from data_pipelines.read import read_sources
 from data_pipelines.validate import split, value_reason
 
 
 @dataclass
 class Options:
-    exchange: str = "XNYS"
+    exchange: str = "auto"                           # a code for every ticker, or auto: see exchanges.py
     exchanges: dict = field(default_factory=dict)    # ticker -> exchange code
     ticker_pattern: str | None = None                # regex; group 1 of the file stem is the ticker
     upper_tickers: bool = True
@@ -34,6 +39,7 @@ class Options:
     mode: str = "merge"                              # merge: new rows win by date; replace: whole history
     max_price: float = 1e9
     max_volume: float = 1e15
+    wait: bool = True                                # another ingest is writing the store: wait (else exit 2)
 
 
 @dataclass
@@ -51,7 +57,9 @@ class Report:
     reasons: dict = field(default_factory=dict)
     examples: dict = field(default_factory=dict)      # reason -> "file line N"
     rejected_files: dict = field(default_factory=dict)  # file -> problem
-    skipped_files: list = field(default_factory=list)   # not a data file extension
+    skipped_files: dict = field(default_factory=dict)   # file or folder -> why it was not read
+    side_files: dict = field(default_factory=dict)    # 'news' / 'exogenous' -> files of that table
+    exchanges: list = field(default_factory=list)     # summary lines: exchange, source and fit per ticker
     extra: dict = field(default_factory=dict)         # exogenous / news counts
 
     def lines(self) -> list[str]:
@@ -63,10 +71,13 @@ class Report:
         out = [head]
         for reason, n in sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
             out.append(f"  quarantined {n}: {reason} (first: {self.examples[reason]})")
+        out += self.exchanges
+        out += [f"  {kind} table: {f}" for kind, files in self.side_files.items() for f in files]
         out += [f"  file rejected: {f}: {p}" for f, p in self.rejected_files.items()]
-        out += [f"  file skipped (hidden, or not .csv/.txt/.tsv/.parquet): {f}" for f in self.skipped_files]
+        out += [f"  file skipped: {f}: {why}" for f, why in self.skipped_files.items()]
         if self.unchecked:
-            out.append(f"  unchecked {self.unchecked}: dated before their exchange calendar's bound, accepted on weekdays")
+            out.append(f"  unchecked {self.unchecked}: dated before their exchange calendar's bound, "
+                       "accepted on weekdays")
         return out
 
 
@@ -76,11 +87,16 @@ def ingest(path: str | Path, store: str | Path, opts: Options | None = None) -> 
     store = Path(store)
     if store.exists() and not store.is_dir():
         raise st.StoreError(f"store {store} exists and is not a directory")
-    files, skipped = discover(path)
+    files, skipped, rejected = discover(path)
     rows, bad, sources = read_sources(files, opts.ticker_pattern, opts.upper_tickers, opts.date_format)
-    rep = Report(files=len(files), rows_read=rows.height + bad.height, skipped_files=[str(p) for p in skipped])
-    rep.rejected_files = {str(s.path): s.problem for s in sources if s.problem}
-    rows, b_rules = _check_rows(rows, opts)
+    rep = Report(files=len(files), rows_read=rows.height + bad.height, skipped_files=skipped)
+    rep.rejected_files = {**rejected, **{str(s.path): s.problem for s in sources if s.problem}}
+    for s in sources:
+        if s.kind != "prices":
+            rep.side_files.setdefault(s.kind, []).append(str(s.path))
+    if "exogenous" in rep.side_files:  # a lag_days.json next to a macro table is read, not skipped
+        rep.skipped_files = {f: w for f, w in skipped.items() if Path(f).name != LAG_FILE}
+    rows, b_rules, table = _check_rows(rows, opts, store)
     rows, rep.duplicates, b_conflicts = dedup(rows)
     rep.conflicts = b_conflicts.height
     quarantined = pl.concat([bad, b_rules, b_conflicts])
@@ -89,17 +105,22 @@ def ingest(path: str | Path, store: str | Path, opts: Options | None = None) -> 
     assert rep.rows_read == rep.rows_stored + rep.rows_quarantined + rep.duplicates, asdict(rep)
     _write_quarantine(store, quarantined, sources)
     if rows.height:
-        _store_prices(store, adjust(rows), opts, rep)
+        _store_prices(store, adjust(rows), opts, rep, table)
     return rep
 
 
-def _check_rows(rows: pl.DataFrame, opts: Options) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Value rules, then sessions of each row's exchange: one pass, one filter."""
+def _check_rows(rows: pl.DataFrame, opts: Options, store: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Value rules, then sessions of each row's exchange (decided on the rows that pass the value
+    rules): one pass, one filter. Also returns the exchanges table of the tickers (exchanges.SCHEMA)."""
     why = rows.select(value_reason(opts.max_price, opts.max_volume).alias("r"))["r"]
-    exchange = calendars.exchange_expr(opts.exchanges, opts.exchange)
-    ok = rows.select("ticker", "date").filter(why.is_null()) if why.null_count() < rows.height else rows
+    ok = rows.select("ticker", "date")
+    ok = ok.filter(why.is_null()) if why.null_count() < rows.height else ok
+    manifest = st.read_manifest(store) if (store / st.MANIFEST).exists() else None
+    stored = {} if manifest is None else dict(manifest.select("ticker", "exchange").iter_rows())
+    table = exchanges.resolve(ok, opts.exchanges, opts.exchange, exchanges.read_table(store), stored)
+    exchange = calendars.exchange_expr(dict(zip(table["ticker"], table["exchange"])), exchanges.DEFAULT)
     days = calendars.exchange_sessions(ok, exchange) if ok.height else {}
-    return split(rows, pl.coalesce(pl.lit(why), calendars.session_reason(days, exchange)))
+    return *split(rows, pl.coalesce(pl.lit(why), calendars.session_reason(days, exchange))), table
 
 
 def _count_reasons(rep: Report, q: pl.DataFrame, sources) -> None:
@@ -115,19 +136,23 @@ def _write_quarantine(store: Path, q: pl.DataFrame, sources) -> None:
     st.update_quarantine(store, list(names.values()), q)
 
 
-def _store_prices(store: Path, rows: pl.DataFrame, opts: Options, rep: Report) -> None:
-    """Merge the new rows per ticker with the stored history, then write changed tickers."""
+def _store_prices(store: Path, rows: pl.DataFrame, opts: Options, rep: Report, table: pl.DataFrame) -> None:
+    """Merge the new rows per ticker with the stored history, then write changed tickers and their
+    exchanges (with how well each fits)."""
     frames = by_ticker(rows.select("ticker", *st.PRICE_COLUMNS))
     manifest = st.read_manifest(store) if (store / st.MANIFEST).exists() else None
     if manifest is not None and opts.mode == "merge":
         frames, rep.extra["replaced_stored_rows"] = _merge(store, frames, manifest)
-    cov = calendars.coverage(frames, opts.exchanges, opts.exchange)
+    table = table.filter(pl.col("ticker").is_in(list(frames)))
+    cov = calendars.coverage(frames, dict(zip(table["ticker"], table["exchange"])), exchanges.DEFAULT)
     missing = dict(zip(cov["ticker"], cov["missing_sessions"]))
     rep.missing_sessions = int(cov["missing_sessions"].sum())
     rep.unchecked = int(cov["unchecked"].sum())
-    exchanges = dict(zip(cov["ticker"], cov["exchange"]))
+    codes = dict(zip(cov["ticker"], cov["exchange"]))
     before = {} if manifest is None else dict(zip(manifest["ticker"], manifest["content_hash"]))
-    new = st.write_prices(store, frames, exchanges, missing)
+    new = st.write_prices(store, frames, codes, missing)
+    exchanges.write_table(store, table)
+    rep.exchanges = exchanges.summary(table)
     after = dict(zip(new["ticker"], new["content_hash"]))
     rep.tickers = len(frames)
     rep.tickers_changed = sum(before.get(t) != after[t] for t in frames)
@@ -175,9 +200,10 @@ def run(cfg) -> int:
     opts.exchanges = parse_exchanges(opts.exchanges)
     if opts.mode not in ("merge", "replace"):
         raise st.StoreError(f"mode: {opts.mode!r} is not merge or replace")
-    rep = ingest(c["path"], c["store"], opts) if c.get("path") else Report()
-    usable = rep.rows_stored
-    usable += _side_tables(c, rep, opts)
+    with st.writing(c["store"], wait=opts.wait):  # one writer from first read to last write
+        rep = ingest(c["path"], c["store"], opts) if c.get("path") else Report()
+        usable = rep.rows_stored
+        usable += _side_tables(c, rep, opts)
     for line in rep.lines():
         print(line)
     if c.get("report"):
@@ -199,26 +225,25 @@ def parse_exchanges(value) -> dict[str, str]:
 
 
 def _side_tables(c: dict, rep: Report, opts: Options) -> int:
-    """Ingest exogenous series and news when their paths are given; returns rows stored."""
-    n = 0
-    if (c.get("exogenous") or {}).get("path"):
-        from data_pipelines.exogenous import ingest_exogenous
-        e = c["exogenous"]
-        rep.extra["exogenous_rows"] = n_e = ingest_exogenous(_files(e["path"]), c["store"], e.get("lag_days") or {},
-                                                            opts.exchange)
-        n += n_e
-    if (c.get("news") or {}).get("path"):
-        from data_pipelines.news import ingest_news
-        nw = c["news"]
-        rep.extra["news_rows"] = n_n = sum(ingest_news(f, c["store"], opts.exchange, nw.get("timezone"))
-                                           for f in _files(nw["path"]))
-        n += n_n
-    return n
+    """Ingest the exogenous and news tables given by exogenous.path / news.path and those found in
+    the drop, on the exchange most of the store's tickers trade on (news: each ticker's own);
+    returns rows stored."""
+    manifest = st.read_manifest(c["store"]) if (Path(c["store"]) / st.MANIFEST).exists() else None
+    codes = {} if manifest is None else dict(manifest.select("ticker", "exchange").iter_rows())
+    exchange = opts.exchange if opts.exchange.lower() != exchanges.AUTO else _most_common(codes)
+    counts, rejected, lines = side_tables(c, rep.side_files, exchange, codes)
+    rep.extra.update(counts)
+    rep.rejected_files.update(rejected)
+    rep.exchanges += lines
+    return sum(counts.values())
 
 
-def _files(path: str) -> list[Path]:
-    """A file, or the visible files under a folder, sorted."""
-    p = Path(path)
-    if not p.exists():
-        raise st.StoreError(f"path {p} does not exist")
-    return sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
+def _most_common(codes: dict[str, str]) -> str:
+    """The exchange of most tickers (XNYS on a tie with it, or when there are none)."""
+    counts = {}
+    for code in codes.values():
+        counts[code] = counts.get(code, 0) + 1
+    if not counts:
+        return exchanges.DEFAULT
+    top = max(counts.values())
+    return exchanges.DEFAULT if counts.get(exchanges.DEFAULT) == top else min(k for k, v in counts.items() if v == top)

@@ -10,26 +10,32 @@ import io
 
 import polars as pl
 
-from data_pipelines.formats import ALIASES, FileSpec, normalise
+from data_pipelines.formats import PRICE_ALIASES, FileSpec, normalise
 
 NUMERIC = ("open", "high", "low", "close", "adj_close", "volume")
 ROW_SCHEMA = dict(file_id=pl.UInt32, line=pl.Int64, ticker=pl.String, date=pl.Date, open=pl.Float64,
                   high=pl.Float64, low=pl.Float64, close=pl.Float64, adj_close=pl.Float64,
                   volume=pl.Float64)
 BAD_SCHEMA = dict(file_id=pl.UInt32, line=pl.Int64, reason=pl.String, raw=pl.String)
-_HEADER_WORDS = {normalise(k) for k in ALIASES}
+_HEADER_WORDS = {normalise(k) for k in PRICE_ALIASES}
 
 
 def split_records(text: str, delimiter: str, first_line: int = 1) -> list[tuple[int, str, list[str]]]:
-    """(line number, raw text, fields) of each non-blank record; quoted fields may span lines."""
+    """(line number, raw text, fields) of each non-blank record; quoted fields may span lines.
+    Text the csv module refuses (a field over its size limit, a stray carriage return) is split
+    line by line, without quoting, so each of its lines still gets a reason."""
     out, lines = [], text.splitlines()
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     start = 1
-    for fields in reader:
-        end = reader.line_num
-        if fields and any(f.strip() for f in fields):
-            out.append((start + first_line - 1, "\n".join(lines[start - 1:end]), fields))
-        start = end + 1
+    try:
+        for fields in reader:
+            end = reader.line_num
+            if fields and any(f.strip() for f in fields):
+                out.append((start + first_line - 1, "\n".join(lines[start - 1:end]), fields))
+            start = end + 1
+    except csv.Error:
+        out += [(i + first_line - 1, ln, ln.split(delimiter)) for i, ln in enumerate(lines[start - 1:], start)
+                if ln.strip()]
     return out
 
 

@@ -4,10 +4,13 @@ Files that share a header (the common case: a folder of one vendor's CSVs) are p
 scan over all of them, in parallel; the ticker and line number of each row come from per-file line
 counts. Only the records that scan cannot parse, and the files it cannot take (quotes, bad UTF-8,
 ragged lines), go through the careful path in `parse.py`. Both paths give the same rows (tested).
+
+A file that cannot be read (not text, a truncated gzip, no permission, or anything unexpected) gets
+a `problem` and no rows; it never stops the other files. A file whose header is a news or exogenous
+table gets that `kind` and is left to its own reader (see `drop.py`).
 """
 from __future__ import annotations
 
-import gzip
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +18,28 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from data_pipelines.formats import (ALIASES, EXTENSIONS, FileSpec, FormatError, check_roles, infer_date_format,
-                                    normalise, parse_header, ticker_from_name, ticker_problem)
-from data_pipelines.parse import (BAD_SCHEMA, NUMERIC, ROW_SCHEMA, date_expr, records_to_rows,
-                                  split_records, split_reasons, ticker_invalid, with_reasons)
+from data_pipelines.formats import (
+    FileSpec,
+    FormatError,
+    UnreadableFile,
+    header_columns,
+    infer_date_format,
+    parse_header,
+    table_kind,
+    ticker_from_name,
+    ticker_problem,
+)
+from data_pipelines.parse import (
+    BAD_SCHEMA,
+    NUMERIC,
+    ROW_SCHEMA,
+    date_expr,
+    records_to_rows,
+    split_records,
+    ticker_invalid,
+)
+from data_pipelines.rawtext import check_text, file_bytes, unexpected
+from data_pipelines.read_parquet import read_parquet
 
 
 @dataclass
@@ -29,6 +50,7 @@ class Source:
     ticker: str | None
     problem: str | None = None
     ignored_columns: list[str] = field(default_factory=list)
+    kind: str = "prices"       # or 'news' / 'exogenous': a table for another part of the store
 
 
 @dataclass
@@ -42,21 +64,6 @@ class _Text:
     body: bytes | None = None  # the bytes after the header, when kept
 
 
-def discover(path: str | Path) -> tuple[list[Path], list[Path]]:
-    """(data files in sorted order, other files skipped) under `path`; hidden files are skipped too."""
-    root = Path(path)
-    if not root.exists():
-        from data_pipelines.store import StoreError
-        raise StoreError(f"path {root} does not exist")
-    if root.is_file():
-        return [root], []
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    ok = [p for p in files if p.name.lower().removesuffix(".gz").endswith(EXTENSIONS)
-          and not p.name.startswith(".")]
-    chosen = set(ok)
-    return ok, [p for p in files if p not in chosen]
-
-
 def read_sources(paths: list[Path], ticker_pattern: str | None = None, upper: bool = True,
                  date_format: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame, list[Source]]:
     """(rows, quarantined, sources): rows follow parse.ROW_SCHEMA, quarantined parse.BAD_SCHEMA."""
@@ -65,31 +72,37 @@ def read_sources(paths: list[Path], ticker_pattern: str | None = None, upper: bo
     for src in sources:
         try:
             if src.path.name.lower().endswith((".parquet", ".pq")):
-                good, bad = _read_parquet(src, upper, date_format)
+                good, bad = read_parquet(src, upper, date_format)
                 goods.append(good), bads.append(bad)
                 continue
             text = _open_text(src, date_format)
+        except UnreadableFile as e:
+            src.problem = str(e)
+            continue
         except FormatError as e:
             src.problem = str(e)
             bads.append(_reject_all(src, e))
             continue
+        except Exception as e:  # noqa: BLE001 - one file never stops the others
+            src.problem = unexpected(e)
+            continue
         if text is not None:
             groups.setdefault(_fast_key(text), []).append(text)
     for key, texts in groups.items():
-        good, bad = (_fast_group(texts, upper) if key[0] else _careful_many(texts, upper))
+        good, bad = _read_group(texts, key[0], upper)
         goods.append(good), bads.append(bad)
     rows = pl.concat([pl.DataFrame(schema=ROW_SCHEMA), *goods])  # read order within runs; see dedup
     return rows, pl.concat([pl.DataFrame(schema=BAD_SCHEMA), *bads]), sources
 
 
 def _load(path: Path) -> bytes:
-    data = path.read_bytes()
-    return gzip.decompress(data) if path.name.lower().endswith(".gz") else data
+    return file_bytes(path)[0]
 
 
 def _open_text(src: Source, date_format: str | None) -> _Text | None:
-    """Header, spec and line count of a text file; None (with `src.problem`) when it has no data rows."""
-    data = _load(src.path)
+    """Header, spec and line count of a text file; None (with `src.problem`, or a `kind` other than
+    prices) when it has no price rows to read."""
+    data, as_on_disk = file_bytes(src.path)
     bom = data.startswith(b"\xef\xbb\xbf")
     data = data[3:] if bom else data
     lines = data[:65536].split(b"\n", 64)
@@ -97,16 +110,26 @@ def _open_text(src: Source, date_format: str | None) -> _Text | None:
     if k is None:
         src.problem = "empty file"
         return None
+    check_text(data, lines[k].rstrip(b"\r"))
+    header = lines[k].decode("utf-8", errors="replace").rstrip("\r")
     start = sum(len(ln) + 1 for ln in lines[:k + 1])                     # offset of the first data line
     if _NONSPACE.search(data, start) is None:
         src.problem = "header only, no data rows"
         return None
-    spec = parse_header(lines[k].decode("utf-8", errors="replace").rstrip("\r"))
+    try:
+        spec = parse_header(header)
+    except UnreadableFile:
+        raise
+    except FormatError:
+        src.kind = table_kind(header_columns(header))
+        if src.kind != "prices":
+            return None
+        raise
     src.ignored_columns = spec.ignored
     spec.date_format = date_format or _date_format(_date_samples(data[start:start + 4096], spec))
     rows = data.count(b"\n", start) + (not data.endswith(b"\n"))
     clean = data.find(b'"', start) < 0 and (data.isascii() or _is_utf8(data))
-    plain = not bom and k == 0 and not src.path.name.lower().endswith(".gz")
+    plain = not bom and k == 0 and as_on_disk
     return _Text(src, spec, k + 1, rows, clean, plain)
 
 
@@ -237,6 +260,18 @@ def _reparse(redo: pl.DataFrame, by_id: dict[int, _Text], upper: bool) -> tuple[
     return pl.concat(goods), pl.concat(bads)
 
 
+def _read_group(texts: list[_Text], fast: bool, upper: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One group's rows; if that fails, file by file, so only the file that fails is lost."""
+    try:
+        return _fast_group(texts, upper) if fast else _careful_many(texts, upper)
+    except Exception as e:  # noqa: BLE001 - one file never stops the others
+        if len(texts) == 1:
+            texts[0].source.problem = unexpected(e)
+            return pl.DataFrame(schema=ROW_SCHEMA), pl.DataFrame(schema=BAD_SCHEMA)
+    parts = [_read_group([t], False, upper) for t in texts]
+    return pl.concat([p[0] for p in parts]), pl.concat([p[1] for p in parts])
+
+
 def _careful_many(texts: list[_Text], upper: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
     goods, bads = [pl.DataFrame(schema=ROW_SCHEMA)], [pl.DataFrame(schema=BAD_SCHEMA)]
     for t in texts:
@@ -254,31 +289,3 @@ def _reject_all(src: Source, err: FormatError) -> pl.DataFrame:
     reason = str(err).split(":")[0]
     return pl.DataFrame(dict(file_id=[src.file_id] * len(lines), line=[i for i, _ in lines],
                              reason=[reason] * len(lines), raw=[ln for _, ln in lines]), schema=BAD_SCHEMA)
-
-
-def _read_parquet(src: Source, upper: bool, date_format: str | None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    try:
-        raw = pl.read_parquet(src.path)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a file-level problem
-        src.problem = f"unreadable Parquet: {str(e).splitlines()[0][:120]}"
-        return pl.DataFrame(schema=ROW_SCHEMA), pl.DataFrame(schema=BAD_SCHEMA)
-    roles = {}
-    for i, name in enumerate(raw.columns):
-        role = ALIASES.get(normalise(name))
-        if role and role not in roles:
-            roles[role] = i
-    try:
-        spec = check_roles(FileSpec(",", raw.columns, roles, [c for c in raw.columns if normalise(c) not in ALIASES]))
-    except FormatError as e:
-        src.problem = str(e)
-        bad = raw.select(file_id=pl.lit(src.file_id, pl.UInt32), line=pl.int_range(1, raw.height + 1, dtype=pl.Int64),
-                         reason=pl.lit(str(e).split(":")[0]),
-                         raw=pl.concat_str(pl.all().cast(pl.String).fill_null(""), separator=","))
-        return pl.DataFrame(schema=ROW_SCHEMA), bad.cast(BAD_SCHEMA)
-    src.ignored_columns = spec.ignored
-    text = raw.select([pl.col(raw.columns[i]).cast(pl.String).alias(r) for r, i in roles.items()])
-    spec.date_format = date_format or infer_date_format(text["date"].drop_nulls().head(50).to_list())
-    df = text.with_columns(line=pl.int_range(1, raw.height + 1, dtype=pl.Int64),
-                           raw=pl.concat_str(pl.col(list(roles)).fill_null(""), separator=","),
-                           nfields=pl.lit(len(spec.header)), **{r: pl.col(r).fill_null("") for r in roles})
-    return split_reasons(with_reasons(df, spec, len(spec.header), src.ticker, upper), src.file_id)

@@ -12,8 +12,9 @@ regime (calm / stressed) that scales volatility and drift. macro.csv also holds 
 random walk with a 45-day publication lag and no signal (a decoy for look-ahead bugs).
 
 Written: prices/<TICKER>.csv (Yahoo, Stooq or mixed layouts; with `split`, the first ticker has a
-2:1 split that only Adj Close undoes), macro.csv, news.csv and oracle.json, which holds the IC that a
-perfect model of each component reaches on these very returns (and of all of them together).
+2:1 split that only Adj Close undoes), macro.csv, lag_days.json (CPI's lag, read by `ingest`),
+news.csv and oracle.json, which holds the IC that a perfect model of each component reaches on these
+very returns (and of all of them together). `ingest path=<out>` stores all of it in one command.
 """
 from __future__ import annotations
 
@@ -158,7 +159,7 @@ def _dirty(df: pl.DataFrame, rng) -> pl.DataFrame:
     return pl.concat([df, dup, conflict, bad, weekend])
 
 
-def write_prices(out: Path, frames: dict, layout: str) -> None:
+def write_vendor_files(out: Path, frames: dict, layout: str) -> None:
     """Yahoo (TICKER.csv), Stooq bulk (ticker.us.txt with <TICKER> column, YYYYMMDD), or mixed."""
     out.mkdir(parents=True, exist_ok=True)
     for i, (name, df) in enumerate(frames.items()):
@@ -168,13 +169,16 @@ def write_prices(out: Path, frames: dict, layout: str) -> None:
         adj = df["Adj Close"] / df["Close"]
         stooq = df.select(pl.lit(name).alias("<TICKER>"), pl.lit("D").alias("<PER>"),
                           pl.col("Date").dt.strftime("%Y%m%d").alias("<DATE>"), pl.lit("000000").alias("<TIME>"),
-                          *[(pl.col(c) * adj).round(4).alias(f"<{c.upper()}>") for c in ("Open", "High", "Low", "Close")],
+                          *[(pl.col(c) * adj).round(4).alias(f"<{c.upper()}>")
+                            for c in ("Open", "High", "Low", "Close")],
                           (pl.col("Volume") / adj).round(0).cast(pl.Int64).alias("<VOL>"), pl.lit(0).alias("<OPENINT>"))
         stooq.write_csv(out / f"{name.lower()}.us.txt")
 
 
 def write_macro(out: Path, days: np.ndarray, lead: np.ndarray, rng) -> None:
-    """macro.csv: LEAD stamped at each session (known at its close), CPI stamped on month starts."""
+    """macro.csv: LEAD stamped at each session (known at its close), CPI stamped on month starts;
+    lag_days.json: CPI's publication lag, which `ingest` applies to the folder's macro tables."""
+    (out / "lag_days.json").write_text(json.dumps({"CPI": 45}) + "\n")
     months = np.unique(days.astype("datetime64[M]")).astype("datetime64[D]")
     cpi = 250 * np.exp(np.cumsum(0.002 + 0.003 * rng.standard_normal(len(months))))
     a = pl.DataFrame(dict(DATE=days, LEAD=np.round(lead, 6))).with_columns(pl.col("DATE").cast(pl.Date))
@@ -229,7 +233,7 @@ def generate(out: str | Path, tickers: int = 50, days: int = 1500, seed: int = 0
     names = [f"S{i:04d}" for i in range(tickers)]
     sim = simulate(tickers, grid, seed, strength, news_rate)
     px = ohlcv(rng, sim["r"], sim["sigma"])
-    write_prices(out / "prices", price_frames(names, grid, px, split, dirty, rng), layout)
+    write_vendor_files(out / "prices", price_frames(names, grid, px, split, dirty, rng), layout)
     info = dict(seed=seed, tickers=tickers, days=len(grid), exchange=exchange, layout=layout,
                 first_session=str(grid[0]), last_session=str(grid[-1]),
                 target="log return close(t-1) -> close(t); every component is known at close(t-1)",
@@ -257,6 +261,6 @@ def run(cfg) -> int:
     print(f"tickers={info['tickers']} days={info['days']} rows={info['tickers'] * info['days']} "
           f"out={c['out']} oracle_ic_all={all_ic['ic']:.4f}" if all_ic["ic"] is not None else "")
     if c.get("extras", True):
-        print(f"ingest: python -m forecast ingest path={c['out']}/prices store=<store> "
-              f"exogenous.path={c['out']}/macro.csv 'exogenous.lag_days={{CPI:45}}' news.path={c['out']}/news.csv")
+        print(f"ingest: python -m forecast ingest path={c['out']} store=<store>  "
+              f"(prices/, macro.csv with the lags of lag_days.json, news.csv)")
     return 0

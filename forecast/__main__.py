@@ -23,7 +23,10 @@ COMMANDS = {
     "ingest": ("ingest", "data_pipelines.ingest:run"),
     "synth": ("synth", "data_pipelines.synthetic:run"),
     "bench backbones": ("bench_backbones", "forecast.model.backbones.bench:backbones"),
-    "bench ingest": ("bench_ingest", "data_pipelines.bench:ingest"),
+    "bench ingest": ("bench_ingest", "data_pipelines.ingest_bench:ingest"),
+    "predict": ("predict", "forecast.inference.predict:predict"),
+    "schedule": ("schedule", "forecast.inference.schedule:schedule"),
+    "bench predict": ("bench_predict", "forecast.inference.bench:predict_speed"),
 }
 USAGE = """usage: python -m forecast <command> [key=value ...] [-m]
 
@@ -34,6 +37,9 @@ commands:
   synth             write a synthetic market with planted signals (conf/synth.yaml)
   bench backbones   tokens/s and memory of every backbone by sequence length
   bench ingest      ingest throughput against a plain pandas pipeline
+  predict           the next session's forecasts of a registered model into a SQL table (conf/predict.yaml)
+  schedule          run `predict catch_up=true` after every close of the model's exchange (conf/schedule.yaml)
+  bench predict     seconds of one `predict` over a synthetic store of N tickers
 
 Overrides are Hydra's: data.tickers=[SPX,GOOG] model/backbone=transformer -m for sweeps.
 Add --cfg job to print the composed config."""
@@ -42,7 +48,7 @@ Add --cfg job to print the composed config."""
 def one_line(error: BaseException) -> str:
     """The message of an error and of its causes, on one line, without Hydra's stack-trace hint."""
     parts = []
-    while error is not None:
+    while error is not None and type(error).__name__ != "_RemoteTraceback":  # a worker's traceback text
         text = re.sub(r"(Set the environment variable HYDRA_FULL_ERROR=1|Config search path:).*", "", str(error),
                       flags=re.S)
         text = re.sub(r"\s*\n\s*", "; ", text.strip()).strip("; ")
@@ -57,47 +63,81 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def first_of_sweeps(overrides: list[str]) -> list[str]:
-    """The overrides with every sweep replaced by its first value, to validate before launching."""
+def sweep_variants(overrides: list[str]) -> list[list[str]]:
+    """The overrides with every sweep replaced by its first value, then one list per other value of
+    each sweep (the rest at their first values), so every value is checked before a trial starts."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    out = []
-    for o in OverridesParser.create().parse_overrides(overrides):
-        if o.is_hydra_override():
-            continue
-        if o.is_sweep_override():
-            out.append(f"{o.get_key_element()}={next(o.sweep_string_iterator())}")
-        else:
-            out.append(o.input_line)
-    return out
+    parsed = [o for o in OverridesParser.create().parse_overrides(overrides)
+              if not o.is_hydra_override() and (o.is_discrete_sweep() or not o.is_sweep_override())]
+    values = [list(o.sweep_string_iterator()) if o.is_discrete_sweep() else [] for o in parsed]
+    first = [f"{o.get_key_element()}={v[0]}" if v else o.input_line for o, v in zip(parsed, values)]
+    variants = [first]
+    for i, (o, vals) in enumerate(zip(parsed, values)):
+        variants += [[*first[:i], f"{o.get_key_element()}={v}", *first[i + 1:]] for v in vals[1:]]
+    return variants
 
 
-def validate(config_name: str, overrides: list[str]) -> None:
+def validate(command: str, config_name: str, overrides: list[str]) -> None:
+    """Compose and check the config (every value of a sweep) before Hydra starts anything."""
     from hydra import compose, initialize_config_dir
+
+    from forecast.errors import UserError
 
     try:
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            compose(config_name, overrides=first_of_sweeps(overrides))
+            for variant in sweep_variants(overrides):
+                check(command, compose(config_name, overrides=variant))
+    except UserError as e:
+        fail(str(e))
     except Exception as e:  # noqa: BLE001 - every composition error is the user's config
-        fail(one_line(e))
+        fail(composition_error(e))
 
 
-def make_task(target: str):
+def composition_error(e: Exception) -> str:
+    """Hydra's composition errors as `<key>: <message>`: an unknown group option, an unparsable override."""
+    text = one_line(e)
+    option = re.search(r"Could not find '(.+)/([^'/]+)'; Available options in '[^']+':; (.*)", text)
+    if option:
+        return f"{option.group(1)}: no option {option.group(2)!r}; options: {option.group(3).replace(';', ',')}"
+    override = re.search(r"Error parsing override '([^=']+)=(.*?)'; (.*?)(; See https|$)", text)
+    if override:
+        return f"{override.group(1)}: cannot parse {override.group(2)!r} ({override.group(3)}); quote it: key='value'"
+    return text
+
+
+def check(command: str, cfg) -> None:
+    from forecast.config import check as check_config
+
+    check_config(command, cfg)
+
+
+def instantiation_error(e: Exception) -> str:
+    """`<key>: <message>` for an error raised while Hydra built a part from config."""
+    from forecast.errors import ConfigError
+
+    cause = e.__cause__
+    key = re.search(r"full_key: (\S+)", str(e))
+    if isinstance(cause, ConfigError) and key:
+        return str(cause.within(key.group(1)))
+    if cause is not None and key:
+        return f"{key.group(1)}: {one_line(cause)}"
+    return one_line(e)
+
+
+def make_task(command: str, target: str):
     def task(cfg):
         from hydra.errors import InstantiationException
 
         from data_pipelines.store import StoreError
-        from forecast.errors import ConfigError, UserError
+        from forecast.errors import UserError
 
         module, name = target.split(":")
         try:
+            check(command, cfg)  # again per trial: a sweeper's own values (Optuna) were not seen before
             result = getattr(importlib.import_module(module), name)(cfg)
         except InstantiationException as e:
-            cause = e.__cause__
-            key = re.search(r"full_key: (\S+)", str(e))
-            if isinstance(cause, ConfigError) and key:
-                fail(str(cause.within(key.group(1))))
-            fail(one_line(e))
+            fail(instantiation_error(e))
         except (UserError, StoreError) as e:
             fail(str(e))
         if isinstance(result, int) and not isinstance(result, bool) and result != 0:
@@ -122,13 +162,13 @@ def main(argv: list[str]) -> None:
 
     retain_freed_memory()  # before any tensor exists
     if not any(o.startswith("--") for o in overrides):
-        validate(config_name, [o for o in overrides if o not in ("-m", "--multirun")])
+        validate(command, config_name, [o for o in overrides if o not in ("-m", "--multirun")])
     import hydra
 
     os.environ[COMMAND_ENV] = command
     multirun = [o for o in overrides if o in ("-m", "--multirun")]  # accepted anywhere on the line
     sys.argv = [f"forecast {command}", *multirun, *[o for o in overrides if o not in multirun]]
-    hydra.main(config_path=CONF, config_name=config_name, version_base="1.3")(make_task(target))()
+    hydra.main(config_path=CONF, config_name=config_name, version_base="1.3")(make_task(command, target))()
 
 
 if __name__ == "__main__":

@@ -6,8 +6,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from forecast.evaluation.baselines import BaselineUnavailable, baseline_predictions, hist_mean, lagged, lgbm, ridge, zero
 from forecast.data.market import FEATURES
+from forecast.evaluation.baselines import (
+    BaselineUnavailable,
+    baseline_predictions,
+    hist_mean,
+    lagged,
+    lgbm,
+    ridge,
+    zero,
+)
 
 
 def _market(n=1500, tickers=("A", "B"), phi=0.4, seed=0, nonlinear=False):

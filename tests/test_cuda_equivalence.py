@@ -9,7 +9,7 @@ if not torch.cuda.is_available():
 try:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     from mamba_ssm.ops.triton.selective_state_update import selective_state_update  # noqa: F401
-except Exception as err:  # not installed, or its compiled extension is missing
+except Exception as err:  # noqa: BLE001 - not installed, or its compiled extension is missing
     pytest.skip(f"mamba-ssm kernels unavailable: {err}", allow_module_level=True)
 
 

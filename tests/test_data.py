@@ -130,7 +130,7 @@ def test_a_walk_forward_fold_keeps_its_bounds():
     assert f.filter(pl.col("split") == "train")["date"].min() >= date(2003, 1, 1)
     test = f.filter(pl.col("split") == "test")["date"]
     assert test.min() >= date(2011, 1, 1) and test.max() < date(2012, 1, 1)
-    fit = read_prices("data/sample", ["SPX"]).filter((pl.col("date") >= date(2003, 1, 1)))
+    fit = read_prices("data/sample", ["SPX"]).filter(pl.col("date") >= date(2003, 1, 1))
     assert dm.features.shape[0] == f.height and fit.height < f.height  # history before the fold is kept as context
 
 

@@ -8,8 +8,8 @@ from hydra.utils import instantiate
 from conftest import CONF
 from forecast.model.encoders.calendar import CalendarEncoder
 from forecast.model.encoders.exogenous import ExogenousEncoder
-from forecast.model.fusion import FiLMFusion
 from forecast.model.encoders.news import NewsEncoder, SentenceNewsEncoder
+from forecast.model.fusion import FiLMFusion
 
 B, L, K, D = 4, 10, 6, 16
 DIMS = dict(n_features=5, n_tickers=4, window=L, n_calendar=30, n_exog=4, n_exog_mask=4, n_news_tokens=K,
@@ -76,12 +76,12 @@ def test_fusion_ignores_masked_steps_and_drops_only_in_training(fusion):
     model = _model(fusion, "transformer", ALL, "model.fusion.modality_dropout=0.5")
     batch = fake_batch()
     parts = {n: enc(batch) for n, enc in model.encoders.items()}
-    out = model.fusion(parts)
+    out = model.fusion.fuse(parts)
     assert out.shape == (B, L, D) and torch.isfinite(out).all()
     e, m = parts["news"]
     noisy = dict(parts, news=(e + 100 * (~m)[..., None], m))  # change only the masked steps
-    assert torch.allclose(model.fusion(noisy), out, atol=1e-6)
-    assert torch.equal(model.fusion(parts), out)  # eval: no dropout
+    assert torch.allclose(model.fusion.fuse(noisy), out, atol=1e-6)
+    assert torch.equal(model.fusion.fuse(parts), out)  # eval: no dropout
     model.fusion.train()
     torch.manual_seed(1)
     dropped = model.fusion.drop(parts)
@@ -95,7 +95,7 @@ def test_no_look_ahead_through_encoders_fusion_and_backbone(fusion, backbone):
     model, t = _model(fusion, backbone), 5
     a, b = fake_batch(0), fake_batch(1)
     later = {k: torch.cat([a[k][:, :t + 1], b[k][:, t + 1:]], 1) if a[k].dim() > 1 else a[k] for k in a}
-    run = lambda batch: model.backbone(model.fusion({n: enc(batch) for n, enc in model.encoders.items()}))  # noqa
+    run = lambda batch: model.backbone(model.fusion.fuse({n: enc(batch) for n, enc in model.encoders.items()}))  # noqa
     ha, hb = run(a), run(later)
     assert torch.allclose(ha[:, :t + 1], hb[:, :t + 1], atol=1e-5)
     assert not torch.allclose(ha[:, t + 1:], hb[:, t + 1:], atol=1e-3)
@@ -119,7 +119,7 @@ def test_factor_head_adds_per_ticker_loadings_on_the_date_level_inputs():
     assert torch.allclose(model(**batch), point(**batch), atol=1e-6)
     torch.nn.init.normal_(model.head.loadings.weight)
     parts = {n: enc(batch) for n, enc in model.encoders.items()}
-    h = model.backbone(model.fusion(parts))
+    h = model.backbone(model.fusion.fuse(parts))
     y = model.head(h, parts)
     e, m = parts["exogenous"]
     noisy = dict(parts, exogenous=(e + 100 * (~m)[..., None], m))
@@ -171,17 +171,18 @@ def test_film_modulates_by_the_ticker_and_ignores_masked_steps():
     fusion = _random_film(model.fusion)
     batch = fake_batch()
     parts = {n: enc(batch) for n, enc in model.encoders.items()}
-    out = fusion(parts)
+    out = fusion.fuse(parts)
     assert out.shape == (B, L, D) and torch.isfinite(out).all()
     e, m = parts["exogenous"]
     noisy = dict(parts, exogenous=(e + 100 * (~m)[..., None], m))  # shift (beta) must not leak either
-    assert torch.allclose(fusion(noisy), out, atol=1e-5)
+    assert torch.allclose(fusion.fuse(noisy), out, atol=1e-5)
     # the same exogenous input is read differently for another ticker: the product is explicit
     te, tm = parts["ticker"]
     other = dict(parts, ticker=(te.roll(1, 0), tm))
     only_ticker = dict(other, exogenous=(parts["exogenous"][0] * 0, parts["exogenous"][1]))
     base = dict(parts, exogenous=only_ticker["exogenous"])
-    assert not torch.allclose(fusion(other) - fusion(only_ticker), fusion(parts) - fusion(base), atol=1e-3)
+    assert not torch.allclose(fusion.fuse(other) - fusion.fuse(only_ticker), fusion.fuse(parts) - fusion.fuse(base),
+                              atol=1e-3)
 
 
 def test_film_without_the_condition_or_a_modality_still_predicts():
@@ -193,7 +194,7 @@ def test_film_without_the_condition_or_a_modality_still_predicts():
     assert torch.isfinite(no_exog).all() and not torch.allclose(full, no_exog)
     parts = {n: enc(batch) for n, enc in model.encoders.items()}
     e, m = parts["ticker"]
-    masked = model.fusion(dict(parts, ticker=(e, torch.zeros_like(m))))  # the condition dropped
+    masked = model.fusion.fuse(dict(parts, ticker=(e, torch.zeros_like(m))))  # the condition dropped
     assert masked.shape == (B, L, D) and torch.isfinite(masked).all()
     plain = _model("film", "lstm", ["price", "calendar"])  # no ticker at all: a plain sum
     assert plain.fusion.cond is None and torch.isfinite(plain(**batch)).all()

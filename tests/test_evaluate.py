@@ -7,11 +7,11 @@ from datetime import date, timedelta
 import numpy as np
 import polars as pl
 import pytest
-from conftest import CONF, TINY
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from conftest import CONF, TINY
 from forecast.errors import ConfigError
 from forecast.evaluation.baselines import baseline_predictions
 from forecast.evaluation.evaluate import evaluate

@@ -1,12 +1,10 @@
-"""Exogenous series: publication lag, known-session keys, as-of join that never looks ahead."""
+"""Exogenous series: publication lag, known-session keys, quarantine."""
 import datetime as dt
 
-import numpy as np
 import polars as pl
-from hypothesis import given, settings, strategies as st
 
 from data_pipelines.calendars import sessions
-from data_pipelines.exogenous import apply_lag, asof_join, ingest_exogenous, known_session
+from data_pipelines.exogenous import apply_lag, ingest_exogenous, known_session
 from data_pipelines.store import read_exogenous, read_quarantine
 
 D = dt.date
@@ -24,24 +22,6 @@ def test_lag_zero_weekend_stamp_rolls_to_next_session_and_latest_stamp_wins():
                              value=[1.0, 2.0, 3.0]))
     out = apply_lag(vals, {}, NYSE)
     assert out.rows() == [("X", D(2024, 1, 5), 1.0), ("X", D(2024, 1, 8), 3.0)]
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 400), st.floats(-5, 5)), min_size=1, max_size=30), st.integers(0, 60))
-def test_asof_join_never_looks_ahead(points, lag):
-    stamps = [D(2023, 1, 2) + dt.timedelta(days=d) for d, _ in points]
-    vals = pl.DataFrame(dict(series=["S"] * len(points), stamp=stamps, value=[v for _, v in points]))
-    exo = apply_lag(vals, {"S": lag}, NYSE)
-    frame = pl.DataFrame(dict(date=NYSE.filter((NYSE >= D(2023, 1, 2)) & (NYSE <= D(2024, 6, 1)))))
-    joined = asof_join(frame, exo)
-    for day, value in joined.iter_rows():
-        # the oracle: among values with stamp + lag <= day, the one with the latest stamp
-        known = [(s, v) for s, v in zip(stamps, vals["value"]) if s + dt.timedelta(days=lag) <= day]
-        expect = max(known, key=lambda sv: sv[0])[1] if known else None
-        if known:
-            latest = max(s for s, _ in known)
-            expect = [v for s, v in zip(stamps, vals["value"]) if s == latest][-1]
-        assert value == expect or (value is not None and np.isclose(value, expect))
 
 
 def test_known_session_past_the_calendar_is_null():

@@ -25,7 +25,8 @@ CORPUS = {
     "LATIN1.csv": (YAHOO + ROWS[0] + "\n").encode() + b"2024-01-03,10,11,9,10\xe9,10.5,1000\n",
     "REPEATED.csv": (YAHOO + ROWS[0] + "\n" + YAHOO + ROWS[1] + "\n").encode(),
     "HOSTILE.csv": ("Date,Open,High,Low,Close,Volume,Ticker\n"
-                    + "".join(f"2024-01-02,1,2,0.5,1.5,10,{t}\n" for t in ["../../evil", "a/b", "..", "x\x00y", "/abs"])).encode(),
+                    + "".join(f"2024-01-02,1,2,0.5,1.5,10,{t}\n"
+                              for t in ["../../evil", "a/b", "..", "x\x00y", "/abs"])).encode(),
     "HUGE.csv": (YAHOO + ROWS[0] + "\n2024-01-03,1e308,1e308,1e308,1e308,1e308,99999999999999999999999999\n").encode(),
     "semicolon.csv": (YAHOO.replace(",", ";") + ROWS[0].replace(",", ";") + "\n").encode(),
 }
@@ -148,7 +149,8 @@ def test_ticker_pattern_and_file_names(tmp_path):
 
 
 def test_pipeline_equals_the_plain_pandas_reference(tmp_path):
-    from data_pipelines import bench, synthetic
+    from data_pipelines import ingest_bench as bench
+    from data_pipelines import synthetic
 
     synthetic.generate(tmp_path / "m", tickers=4, days=40, seed=2, dirty=0.5, extras=False, split=True,
                        strength={"price": 0.1})

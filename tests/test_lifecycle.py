@@ -13,8 +13,9 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import TINY
 from mlflow.tracking import MlflowClient
+
+from conftest import TINY
 
 FAST = [*TINY, "model/backbone=transformer"]
 RUN: dict = {}  # env and cwd of the installed copy
@@ -169,10 +170,10 @@ def test_ddp_shards_see_every_sample_once():
 
 
 def test_init_from_loads_matching_weights_and_freezes(tmp_path):
-    from conftest import CONF
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    from conftest import CONF
     from forecast.training.transfer import load_pretrained
 
     source = _run(tmp_path, "experiment=multi_ticker")

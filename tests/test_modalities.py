@@ -12,8 +12,8 @@ import torch
 from data_pipelines.news import ingest_news
 from data_pipelines.store import NEWS_SCHEMA, write_exogenous, write_news, write_prices
 from forecast.data.market import MarketData
-from forecast.errors import UserError
 from forecast.data.modalities import calendar_features, exogenous_wide, mask_symbol, ngram_ids
+from forecast.errors import UserError
 
 CAL = xcals.get_calendar("XNYS", start="2019-12-01", end="2021-12-31")
 SESSIONS = [d.date() for d in CAL.sessions_in_range("2020-01-02", "2021-06-30")]
@@ -251,7 +251,8 @@ def test_sentence_embeddings_are_pooled_per_session_and_cached_in_the_store(tmp_
     assert n_headlines > 0 and (tmp_path / "s" / "news_minilm.parquet").exists()
     emb, mask = dm.inputs["news_emb"], dm.inputs["news_emb_mask"]
     assert emb.shape == (dm.frame.height, 384) and mask.any() and (emb[~mask] == 0).all()
-    assert torch.equal(mask, torch.from_numpy((_dm(store, ["price", "news"]).inputs["news_tokens"] > 0).any(-1).numpy()))
+    tokens = _dm(store, ["price", "news"]).inputs["news_tokens"]
+    assert torch.equal(mask, torch.from_numpy((tokens > 0).any(-1).numpy()))
     _dm(store, ["price", "news_minilm"])
     assert _FakeMiniLM.calls == n_headlines  # the second run reads the cache
 

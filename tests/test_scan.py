@@ -3,8 +3,12 @@ import pytest
 import torch
 
 from forecast.model.backbones import cpu_kernels
-from forecast.model.backbones.scan import (selective_scan, selective_scan_chunked, selective_scan_fused,
-                                     selective_scan_ref)
+from forecast.model.backbones.scan import (
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_fused,
+    selective_scan_ref,
+)
 
 FAST = [selective_scan_chunked]
 if cpu_kernels.available():  # needs a C compiler; without one, auto falls back to the chunked path
@@ -42,7 +46,7 @@ def test_fast_scan_matches_reference(shape, fast):
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(last, last_ref, rtol=1e-4, atol=1e-5)
     for name, a, b in zip("u delta A B C D z bias".split(), g, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize("fast", FAST, ids=lambda f: f.__name__)
@@ -60,7 +64,7 @@ def test_cuda_impl_without_kernels_raises_clearly():
     try:
         import mamba_ssm  # noqa: F401
         pytest.skip("mamba-ssm is installed")
-    except Exception:
+    except Exception:  # noqa: BLE001 - not installed, or unimportable without CUDA: what this test needs
         pass
     u, delta, A, B, C, *_ = _inputs(1, 2, 2, 3, seed=0)
     with pytest.raises(RuntimeError, match="impl=cuda needs mamba-ssm"):

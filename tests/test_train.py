@@ -92,34 +92,7 @@ def test_cli_train_ends_with_the_run_line(tmp_path):
     assert run.data.params["data.tickers_resolved"] == "GOOG,IXIC,SPX"
 
 
-ERRORS = [
-    (["data.nope=1"], "data.nope"),
-    (["data.window=1"], "data.window"),
-    (["data.window=abc"], "data.window"),
-    (["data.horizon=2", "data.purge=1"], "data.purge"),
-    (["model/backbone=nope"], "model/backbone"),
-    (["data.store=no/such/store"], "no/such/store"),
-    (["data.tickers=[SPX,NOPE]"], "NOPE"),
-    (["data.val_start=2030-01-01", "data.test_start=2031-01-01"], "data.val_start"),
-    (["baselines=[zero,nope]"], "baselines"),
-]
-
-
-@pytest.mark.parametrize("args,expect", ERRORS)
-def test_user_errors_are_one_line(args, expect, tmp_path, capsys, monkeypatch):
-    """The CLI's own entry point, in this process (the next test checks one case as a real process)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from forecast.__main__ import main
-
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    with pytest.raises(SystemExit) as exit_:
-        main(["train", *args, f"hydra.run.dir={tmp_path}/out", f"logger.tracking_uri=sqlite:///{tmp_path}/m.db"])
-    GlobalHydra.instance().clear()
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], err
-    assert not (tmp_path / "m.db").exists()  # a user error creates no tracking store
+# Wrong values of every command and config group: tests/test_config_errors.py.
 
 
 def test_cli_user_error_is_one_line_and_exit_code_2(tmp_path):

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from data_pipelines.dedup import dedup
 from data_pipelines.ingest import ingest
@@ -90,7 +91,7 @@ _row = st.tuples(_date, _field, _field, _field, _field, _field, st.integers(5, 7
 @settings(max_examples=40, deadline=None)
 @given(st.lists(_row, min_size=1, max_size=12), st.booleans())
 def test_fast_reader_equals_careful_reader(rows, blank):
-    lines = [",".join([d, o, h, l, c, v, "0", "0"][:n]) for d, o, h, l, c, v, n in rows]
+    lines = [",".join([d, o, h, lo, c, v, "0", "0"][:n]) for d, o, h, lo, c, v, n in rows]
     if blank:
         lines.insert(len(lines) // 2, "")
     header = "Date,Open,High,Low,Close,Volume,OpenInt"

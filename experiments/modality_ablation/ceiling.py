@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from run import MARKET
+
 from data_pipelines.synthetic import COMPONENTS, calendar_signal, ic_stats, session_grid, simulate
 
 

@@ -169,7 +169,8 @@ def tune(store: str, tag: str, configs: list[str], seeds: list[int], extra: list
 def tuning_table(rows: list[dict]) -> str:
     lines = ["Validation IC of the settings tried (`--tune`; the test split is never read). `val/ic` is taken at",
              "the epoch kept (best validation loss). Overrides are relative to conf/experiment/modality_ablation.yaml.",
-             "", "| setting | configuration | seed | overrides | val IC | epoch kept / trained |", "|---|---|---|---|---|---|"]
+             "", "| setting | configuration | seed | overrides | val IC | epoch kept / trained |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {r['tag']} | {r['config']} | {r['seed']} | `{r['overrides'] or '-'}` | {r['val_ic']:.4f} | "
               f"{r['best_epoch']}/{r['epochs']} |" for r in rows]
     return "\n".join(lines) + "\n"

@@ -20,8 +20,8 @@ import polars as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-
 from run import OUT, ROOT, components
+
 from data_pipelines.synthetic import COMPONENTS
 from forecast.evaluation.metrics import rank_metrics
 from forecast.model.forecaster import NOT_INPUTS

@@ -56,7 +56,8 @@ def main() -> None:
             cells.append(f"{statistics.mean(values):.4g} ± {sd:.2g}")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     command = "python experiments/pretrain_finetune/run.py " + " ".join(sys.argv[1:])
-    text = f"Command: `{command}`\n\nMean ± sd over seeds {args.seeds}, GOOG test split 2011-2013:\n\n" + "\n".join(lines)
+    text = (f"Command: `{command}`\n\nMean ± sd over seeds {args.seeds}, GOOG test split 2011-2013:\n\n"
+            + "\n".join(lines))
     (HERE / "results.md").write_text(text + "\n")
     print(text)
 

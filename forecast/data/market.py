@@ -268,6 +268,43 @@ class MarketData(L.LightningDataModule):
         out = self.frame[rows].select("ticker", "date", realised=pl.col("target"))
         return out.with_columns(pred=pl.Series(pred.double().numpy() * self.target_std))
 
+    def predict_state(self) -> dict:
+        """Everything `predict` needs to rebuild this data's inputs for a later session without refitting
+        anything (JSON-ready, floats exact): the window and split settings, the training-period
+        normalisation and target scale, the ticker vocabulary, each ticker's exchange, and the
+        exogenous statistics (forecast/inference/features.py applies them)."""
+        from data_pipelines.store import read_manifest
+
+        tickers = self.frame["ticker"].unique().sort().to_list()
+        exchange = dict(read_manifest(self.store).select("ticker", "exchange").iter_rows())
+        return dict(format=1, store=str(self.store), window=self.window, horizon=self.horizon, label=self.label,
+                    modalities=self.modalities, exog_level_window=self.exog_level_window,
+                    val_start=str(self.val_start), test_start=str(self.test_start), features=FEATURES,
+                    feature_mean=self.feature_mean.tolist(), feature_std=self.feature_std.tolist(),
+                    target_mean=self.target_mean, target_std=self.target_std, vocab=self.vocab, tickers=tickers,
+                    exchanges={t: exchange.get(t, "XNYS") for t in tickers},
+                    exogenous=self._exogenous_state() if "exogenous" in self.modalities else None)
+
+    def _exogenous_state(self) -> dict:
+        """Per exogenous column (`<series>`, `<series>:chg`): the training-period mean and std that
+        `modalities.exogenous_inputs` scales with, and whether it had any training value (else masked)."""
+        import warnings
+
+        from forecast.data.modalities import exogenous_table, exogenous_wide
+
+        df = self.frame
+        fit_rows = ((df["date"] < self.val_start) & (df["date"] >= (self.fold[0] or date.min))).to_numpy()
+        series, wide = exogenous_wide(exogenous_table(self.store), df["date"], self.exog_level_window)
+        cols = [c for s in series for c in (s, f"{s}:chg")]
+        values = df.select("date").join(wide, on="date", how="left").select(cols).to_numpy().astype(np.float64)
+        fit = np.where(np.isfinite(values) & fit_rows[:, None], values, np.nan)[fit_rows]  # (N_fit, 2S)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns of series unseen in training
+            mean, std = np.nanmean(fit, axis=0), np.nanstd(fit, axis=0)
+        std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        return dict(series=series, columns=cols, mean=np.nan_to_num(mean).tolist(), std=std.tolist(),
+                    fitted=np.isfinite(fit).any(axis=0).tolist())
+
     def _check_label(self, tickers: list[str] | None) -> None:
         """A cross-sectional label needs a cross-section: more than one ticker."""
         if self.label != "raw" and tickers is not None and len(set(tickers)) < 2:

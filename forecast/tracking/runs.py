@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import mlflow
 import polars as pl
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from packaging.requirements import Requirement
 
-from forecast.errors import UserError
+from forecast.errors import ConfigError, UserError
 from forecast.training.checkpoint import checkpoint_dir
 
 
@@ -106,6 +108,42 @@ def load_model(source: str):
     return mlflow.pytorch.load_model(model_uri(source), map_location="cpu")
 
 
+def check_reachable(tracking_uri: str, key: str) -> None:
+    """A tracking server that answers /health within a few seconds (MLflow itself retries for minutes)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=5).read()
+    except OSError as e:
+        raise ConfigError(key, f"no MLflow server answers at {tracking_uri} ({e}); "
+                               "start one with `python -m forecast server` or use sqlite:///mlflow.db") from None
+
+
+def check_source(tracking_uri: str, source: str, key: str) -> None:
+    """A run id, `runs:/..` or `models:/name@alias|version` that exists; never creates the store."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        raise ConfigError(key, f"{source}: no tracking store at {tracking_uri} (nothing was logged there)")
+    client = MlflowClient(tracking_uri)
+    try:
+        if source.startswith("models:/"):
+            name, sep, alias = source.removeprefix("models:/").partition("@")
+            name, _, version = name.partition("/")
+            client.get_model_version_by_alias(name, alias) if sep else client.get_model_version(name, version)
+        else:
+            client.get_run(source.removeprefix("runs:/").split("/")[0])
+    except MlflowException:
+        raise ConfigError(key, f"{source} is not in {tracking_uri}; {_known_sources(client)}") from None
+
+
+def _known_sources(client: MlflowClient) -> str:
+    models = [f"models:/{m.name}@{a}" for m in client.search_registered_models() for a in m.aliases]
+    recent = [r.info.run_id for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], max_results=3, order_by=["attributes.start_time DESC"])]
+    return f"registered: {models or 'none'}; recent runs: {recent or 'none'}"
+
+
 def stored_config(run_id: str) -> DictConfig:
     """The config a run logged (`config.yaml`), to continue exactly what it started."""
     return OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
@@ -131,3 +169,36 @@ def footer(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return (f"view: mlflow ui --backend-store-uri {tracking_uri}  ->  "
             f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}\n"
             f"run_id={run_id} tracking_uri={tracking_uri}")
+
+
+# --- what `predict` reads: a model reference, its run's stored state ---------------------------------
+
+def resolve_model(tracking_uri: str, source: str, key: str = "model") -> tuple[str, str, str]:
+    """(name, version, run_id) of `models:/<name>@<alias>`, `models:/<name>/<version>`, `runs:/<id>[/..]`
+    or a run id: a run's latest registered version when it has one, else ("run", run id, run id).
+    Checked first: an unknown reference is one line naming the registered models and their aliases."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a command prints its own lines
+    check_reachable(tracking_uri, "logger.tracking_uri")
+    check_source(tracking_uri, source, key)
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    if source.startswith("models:/"):
+        name, sep, alias = source.removeprefix("models:/").partition("@")
+        name, _, version = name.partition("/")
+        mv = client.get_model_version_by_alias(name, alias) if sep else client.get_model_version(name, version)
+        return mv.name, str(mv.version), mv.run_id
+    run_id = source.removeprefix("runs:/").split("/")[0]
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    if versions:
+        mv = max(versions, key=lambda v: int(v.version))
+        return mv.name, str(mv.version), run_id
+    return "run", run_id, run_id
+
+
+def load_predict_state(run_id: str) -> dict:
+    """The data state a run logged for predict (`predict/state.json`, see MarketData.predict_state)."""
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/predict/state.json")
+    except (MlflowException, OSError):
+        raise UserError(f"model: run {run_id} has no predict/state.json (trained before `predict` existed); "
+                        "train it again") from None

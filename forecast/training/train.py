@@ -16,7 +16,7 @@ from forecast.evaluation.baselines import check_names
 from forecast.evaluation.metrics import flat_metrics
 from forecast.evaluation.report import point_report
 from forecast.evaluation.scoring import score_points, with_baselines
-from forecast.tracking import registry, runs
+from forecast.tracking import registry, runs, serving
 from forecast.tracking.sweep import PARENT_RUN_ENV
 from forecast.training.fit import fit, forecast
 from forecast.training.transfer import load_pretrained
@@ -81,6 +81,7 @@ def log_outputs(frame, model, dm) -> str:
     runs.log_figure(plot_predictions(frame), "plots/test_predictions.png")
     runs.log_tables({"predictions/test_predictions.parquet": frame})
     example = next(iter(dm.test_dataloader()))["x"][:2].numpy()  # (2, L, F)
+    serving.log_pyfunc(model, dm.predict_state(), next(iter(dm.test_dataloader())))  # for predict and serving
     return runs.log_model(model, example)
 
 

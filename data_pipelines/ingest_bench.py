@@ -122,8 +122,8 @@ def _run(variant: str, data: Path, keep: bool) -> dict:
     store = data / f"store_{variant}"
     shutil.rmtree(store, ignore_errors=True)
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "data_pipelines.bench", variant, str(data / "prices"), str(store)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "data_pipelines.ingest_bench", variant, str(data / "prices"),
+                           str(store)], capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"bench variant {variant} failed: {proc.stderr.strip()[-500:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])

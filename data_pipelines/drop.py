@@ -1,0 +1,148 @@
+"""A vendor drop: the files under a folder, and the tables in it that are not prices.
+
+`discover` walks the folder (symbolic links followed once: a link back into a folder already read is
+not followed again) and says, for everything it does not read, why: hidden, not a data extension, a
+folder named like a data file, a broken link or a link loop, a folder it may not list.
+
+Each data file's header says what it holds (`formats.table_kind`): prices go to the price store;
+news tables (`published_at, ticker, headline`) to `news.ingest_news`; wide (`date, A, B`) or long
+(`series, date, value`) tables of series to `exogenous.ingest_exogenous`, with the publication lags
+of `exogenous.lag_days`, and for series that key does not name, those of a `lag_days.json` file
+(`{"CPI": 45}`) in the table's folder. A side table found in the drop that cannot be read is a
+rejected file; one named by `exogenous.path=` or `news.path=` is an error.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+from data_pipelines.formats import EXTENSIONS
+from data_pipelines.rawtext import unexpected
+from data_pipelines.store import StoreError
+
+NOT_DATA = "hidden, or not .csv/.txt/.tsv/.parquet"
+LAG_FILE = "lag_days.json"
+
+
+def is_data_name(name: str) -> bool:
+    return name.lower().removesuffix(".gz").endswith(EXTENSIONS) and not name.startswith(".")
+
+
+def discover(path: str | Path) -> tuple[list[Path], dict[str, str], dict[str, str]]:
+    """(data files in sorted order, {path: why skipped}, {path: why rejected}) under `path`."""
+    root = Path(path)
+    if not root.exists():
+        what = "is a broken symbolic link or a link loop" if root.is_symlink() else "does not exist"
+        raise StoreError(f"path {root} {what}")
+    if not root.is_dir():
+        if not root.is_file():
+            raise StoreError(f"path {root} is not a file or a folder")
+        return [root], {}, {}
+    files, skipped, rejected = [], {}, {}
+    seen = {root.resolve()}
+
+    def cannot_list(e: OSError) -> None:
+        rejected[str(e.filename)] = f"cannot list this folder ({e.strerror})"
+
+    for here, dirs, names in os.walk(root, followlinks=True, onerror=cannot_list):
+        for d in sorted(dirs):
+            p, real = Path(here) / d, (Path(here) / d).resolve()
+            if d.startswith(".") or real in seen:
+                skipped[str(p)] = "hidden folder" if d.startswith(".") else "a link to a folder read already"
+                dirs.remove(d)
+                continue
+            seen.add(real)
+            if is_data_name(d):
+                skipped[str(p)] = "a folder named like a data file (the files in it are read)"
+        for name in names:
+            p = Path(here) / name
+            why = _file_problem(p)
+            if why is None:
+                files.append(p)
+            elif why == NOT_DATA:
+                skipped[str(p)] = why
+            else:
+                rejected[str(p)] = why
+    return sorted(files), dict(sorted(skipped.items())), dict(sorted(rejected.items()))
+
+
+def _file_problem(p: Path) -> str | None:
+    """Why `p` (an entry that is not a folder) is not read, or None."""
+    if not is_data_name(p.name):
+        return NOT_DATA
+    try:
+        real = p.resolve(strict=True) if p.is_symlink() else p
+    except RuntimeError:
+        return "a symbolic link loop"
+    except OSError as e:
+        return "a symbolic link loop" if e.errno == errno.ELOOP else "a broken symbolic link"
+    return None if real.is_file() else "not a regular file"
+
+
+def side_tables(c: dict, found: dict[str, list[str]], exchange: str, exchanges: dict[str, str]
+                ) -> tuple[dict[str, int], dict[str, str], list[str]]:
+    """Ingest the exogenous and news tables named in the config `c` and those `found` in the drop.
+    Returns (rows stored per table, {file: why rejected}, summary lines)."""
+    counts, rejected, lines = {}, {}, []
+    exo = c.get("exogenous") or {}
+    named = files_under(exo["path"]) if exo.get("path") else []
+    dropped = _others(found.get("exogenous", []), named)
+    if named or dropped:
+        from data_pipelines.exogenous import ingest_exogenous
+
+        defaults, sources = folder_lags(dropped + named)
+        lines += [f"  exogenous lag_days from {f}: {lags}" for f, lags in sources.items()]
+        counts["exogenous_rows"] = ingest_exogenous(named + dropped, c["store"], exo.get("lag_days") or {},
+                                                    exchange, optional=dropped, rejected=rejected,
+                                                    default_lags=defaults)
+    news = c.get("news") or {}
+    named = files_under(news["path"]) if news.get("path") else []
+    dropped = _others(found.get("news", []), named)
+    if named or dropped:
+        from data_pipelines.news import ingest_news
+
+        n = 0
+        for f in named + dropped:
+            try:
+                n += ingest_news(f, c["store"], exchange, news.get("timezone"), exchanges=exchanges)
+            except Exception as e:  # noqa: BLE001 - a file found in a drop is rejected, never stops the rest
+                if f in named:
+                    raise
+                rejected[str(f)] = str(e).removeprefix(f"{f}: ") if isinstance(e, StoreError) else unexpected(e)
+        counts["news_rows"] = n
+    return counts, rejected, lines
+
+
+def _others(found: list[str], named: list[Path]) -> list[Path]:
+    """The files found in the drop that the explicit option does not name already."""
+    known = {p.resolve() for p in named}
+    return [Path(f) for f in found if Path(f).resolve() not in known]
+
+
+def folder_lags(files: list[Path]) -> tuple[dict[str, int], dict[str, dict]]:
+    """Publication lags from the `lag_days.json` next to any of `files`: (merged, {file: its lags})."""
+    merged, sources = {}, {}
+    for folder in sorted({f.parent for f in files}):
+        path = folder / LAG_FILE
+        if not path.is_file():
+            continue
+        try:
+            lags = json.loads(path.read_text())
+            lags = {str(k): int(v) for k, v in lags.items()}
+        except (ValueError, AttributeError, TypeError) as e:
+            raise StoreError(f"{path}: not a JSON object of series -> days ({e})") from None
+        merged.update(lags)
+        sources[str(path)] = lags
+    return merged, sources
+
+
+def files_under(path: str | Path) -> list[Path]:
+    """A file, or the visible files under a folder (but its lag_days.json), sorted."""
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"path {p} does not exist")
+    if not p.is_dir():
+        return [p]
+    return sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".") and f.name != LAG_FILE)

@@ -1,0 +1,228 @@
+"""Schemas of each command's own keys (those that build nothing); `COMMANDS` maps a command to its
+schema. `cross_check(plain)` then checks what lies outside the config: a run or model to start
+from, an exchange calendar, a backbone config file."""
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from forecast.config.parts import Name, NonNegInt, PosInt
+from forecast.errors import ConfigError
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @classmethod
+    def cross_check(cls, plain: dict) -> None:
+        """References to things outside the config; nothing by default."""
+
+
+def _known(names: list[str], known: list[str], what: str) -> list[str]:
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; known: {known}")
+    return names
+
+
+class Registry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: Name
+    alias: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]
+
+
+class Train(Command):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)  # groups (data, model, ...): as parts
+    modalities: list[Name]
+    seed: NonNegInt
+    run_name: str | None = None
+    register_: bool = Field(False, alias="register")
+    registry: Registry | None = None
+    resume: Name | None = None
+    init_from: Name | None = None
+    freeze: list[Name] = []
+    baselines: list[Name] = []
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, names: list[str]) -> list[str]:
+        from forecast.data.market import known_modalities
+
+        if not names:
+            raise ValueError("is empty; give at least price")
+        return _known(names, known_modalities(), "modalities")
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze(cls, names: list[str]) -> list[str]:
+        from forecast.training.transfer import PARTS
+
+        return _known(names, list(PARTS), "parts")
+
+    @field_validator("baselines")
+    @classmethod
+    def _baselines(cls, names: list[str]) -> list[str]:
+        from forecast.evaluation.baselines import BASELINES, FITTED
+
+        return _known(names, [*BASELINES, *FITTED], "baselines")
+
+    @classmethod
+    def cross_check(cls, plain: dict) -> None:
+        from forecast.tracking.runs import check_reachable, check_source
+
+        check_reachable(plain["logger"]["tracking_uri"], "logger.tracking_uri")
+        for key in ("init_from", "resume"):
+            if plain.get(key) and plain[key] != "last":
+                check_source(plain["logger"]["tracking_uri"], str(plain[key]), key)
+
+
+class WalkForward(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: date | None = None
+    end: date | None = None
+    retrain_every: PosInt = 504
+    val_sessions: PosInt = 504
+    train_sessions: PosInt | None = None
+    embargo: NonNegInt = 0
+    baselines: list[Name] = []
+    backbones: list[Name] = []
+    strategy: Literal["sign", "topk"] = "sign"
+    top_k: PosInt = 1
+    cost_bps: Annotated[float, Field(ge=0.0)] = 5.0
+    ic_window: Annotated[int, Field(ge=3)] = 63
+    ci: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
+    n_boot: Annotated[int, Field(ge=10)] = 1000
+    workers: PosInt | None = None
+
+    @field_validator("baselines")
+    @classmethod
+    def _baselines(cls, names: list[str]) -> list[str]:
+        return Train._baselines(names)
+
+    @field_validator("backbones")
+    @classmethod
+    def _backbones(cls, names: list[str]) -> list[str]:
+        from forecast.resources import conf_dir
+
+        return _known(names, sorted(p.stem for p in (conf_dir() / "model" / "backbone").glob("*.yaml")), "backbones")
+
+
+class Evaluate(Train):
+    evaluate: WalkForward
+
+
+def _calendar(code: str, key: str) -> None:
+    import exchange_calendars as xcals
+
+    if code not in xcals.get_calendar_names():
+        raise ConfigError(key, f"no exchange calendar {code!r}; e.g. XNYS, XLON, XTKS, XHKG, XETR")
+
+
+class Ingest(Command):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    path: Name | None = None
+    store: Name
+    exchange: Name = "auto"
+    exchanges: list[Name] | dict[str, Name] = []
+    ticker_pattern: str | None = None
+    upper_tickers: bool = True
+    date_format: Name | None = None
+    mode: Literal["merge", "replace"] = "merge"
+    max_price: Annotated[float, Field(gt=0.0)] = 1e9
+    max_volume: Annotated[float, Field(gt=0.0)] = 1e15
+    wait: bool = True
+    report: Name | None = None
+    exogenous: dict = {}
+    news: dict = {}
+
+    @field_validator("ticker_pattern")
+    @classmethod
+    def _pattern(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                if re.compile(pattern).groups < 1:
+                    raise ValueError("needs a group: group 1 of the file stem is the ticker")
+            except re.error as e:
+                raise ValueError(f"is not a regular expression: {e}") from None
+        return pattern
+
+    @classmethod
+    def cross_check(cls, plain: dict) -> None:
+        from pathlib import Path
+
+        for key, path in [("path", plain.get("path")), ("exogenous.path", (plain.get("exogenous") or {}).get("path")),
+                          ("news.path", (plain.get("news") or {}).get("path"))]:
+            if path and not Path(path).exists():
+                raise ConfigError(key, f"{path} does not exist")
+        if plain.get("exchange") not in (None, "auto"):
+            _calendar(plain["exchange"], "exchange")
+        zone = (plain.get("news") or {}).get("timezone")
+        if zone:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ConfigError("news.timezone", f"no time zone {zone!r}; e.g. America/New_York") from None
+
+
+class Strength(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    price: Annotated[float, Field(ge=0.0)] = 0.08
+    exogenous: Annotated[float, Field(ge=0.0)] = 0.08
+    calendar: Annotated[float, Field(ge=0.0)] = 0.05
+    news: Annotated[float, Field(ge=0.0)] = 0.3
+
+
+class Synth(Command):
+    out: Name
+    tickers: PosInt = 50
+    days: Annotated[int, Field(ge=30)] = 1500
+    seed: NonNegInt = 0
+    end: date
+    exchange: Name = "XNYS"
+    layout: Literal["yahoo", "stooq", "mixed"] = "yahoo"
+    strength: Strength = Strength()
+    news_rate: Fraction = 0.1
+    split: bool = True
+    dirty: Fraction = 0.0
+    extras: bool = True
+
+    @classmethod
+    def cross_check(cls, plain: dict) -> None:
+        _calendar(plain["exchange"], "exchange")
+
+
+class BenchBackbones(Command):
+    lengths: Annotated[list[PosInt], Field(min_length=1)]
+    d_model: Annotated[int, Field(ge=2)] = 128
+    n_layers: PosInt = 2
+    batch: PosInt = 4
+    repeats: PosInt = 3
+    max_seconds: Annotated[float, Field(gt=0.0)] = 30
+    step_history: NonNegInt = 4096
+    out: Name
+    backbones: Annotated[dict[str, dict], Field(min_length=1)]
+    threads: PosInt | None = None
+
+
+class BenchIngest(Command):
+    tickers: PosInt = 2000
+    days: PosInt = 5000
+    seed: NonNegInt = 0
+    dirty: Fraction = 0.02
+    workdir: Name
+    variants: Annotated[list[Literal["polars", "pandas"]], Field(min_length=1)]
+    keep: bool = False
+    out: Name
+
+
+COMMANDS: dict[str, type[Command]] = {
+    "train": Train, "evaluate": Evaluate, "ingest": Ingest, "synth": Synth,
+    "bench backbones": BenchBackbones, "bench ingest": BenchIngest,
+}

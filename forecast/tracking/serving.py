@@ -1,0 +1,80 @@
+"""The model as an MLflow pyfunc, for `mlflow.pyfunc.load_model` and `mlflow models serve`, and the
+data state `predict` needs, both logged by train beside the run's `model` artifact.
+
+MLflow's pytorch flavour takes one tensor (it refuses dict inputs, mlflow/mlflow#13931), but a model
+with several modalities takes several. So `ForecastModel` is a custom `PythonModel` whose input is a
+dict of named arrays, the batch keys the data module produces (already normalised, as
+forecast/inference/features.py builds them from stored statistics):
+
+    x              float32 (B, L, F)  price features        ticker         int64 (B,) vocabulary ids (0: unseen)
+    calendar       float32 (B, L, 30)                       exog, exog_mask  float32 / bool (B, L, 2S)
+    news_tokens    int32 (B, L, K) hashed n-gram ids        news_weights   float32 (B, L, K)
+    news_emb       float32 (B, L, 384) sentence embeddings  news_emb_mask  bool (B, L)
+
+(the ones of the model's modalities; news enters as token ids or pre-embedded, K may vary). A
+`TensorSpec` signature names each; the output is a frame of `forecast` (log-return units) and
+`direction` (its sign) per sample.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+from forecast.tracking.runs import requirements
+
+STATE = "predict/state.json"  # run artifact: MarketData.predict_state()
+VARIABLE_WIDTH = ("news_tokens", "news_weights")  # last axis: the most n-grams of a session in the batch
+# The TensorSpec signature checks the inputs; MLflow's type-hint validation has no type for a dict of arrays.
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
+
+
+class ForecastModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        import torch
+
+        self.module = torch.load(context.artifacts["module"], map_location="cpu", weights_only=False).eval()
+        self.scale = json.loads(Path(context.artifacts["state"]).read_text())["target_std"]
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+        import torch
+
+        batch = {k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()}  # each (B, ...)
+        with torch.no_grad():
+            pred = self.module(**batch).double().numpy() * self.scale  # (B,) log-return units
+        return pd.DataFrame({"forecast": pred, "direction": np.sign(pred).astype(np.int64)})
+
+
+def signature(example: dict[str, np.ndarray]) -> ModelSignature:
+    """Named TensorSpecs with a free batch axis (and a free n-gram axis for news token inputs)."""
+    specs = [TensorSpec(v.dtype, (-1, *v.shape[1:-1], -1) if k in VARIABLE_WIDTH else (-1, *v.shape[1:]), k)
+             for k, v in example.items()]
+    return ModelSignature(inputs=Schema(specs), outputs=Schema([ColSpec("double", "forecast"),
+                                                                ColSpec("long", "direction")]))
+
+
+def log_pyfunc(model, state: dict, batch: dict) -> str:
+    """Log the data state (`predict/state.json`) and the pyfunc (`pyfunc`, its input example two
+    samples of `batch`); tag the run with the pyfunc's URI and return it."""
+    import torch
+
+    from forecast.model.forecaster import NOT_INPUTS
+
+    example = {k: v[:2].numpy() for k, v in batch.items() if k not in NOT_INPUTS}
+    mlflow.log_dict(state, STATE)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(model.cpu().eval(), Path(tmp) / "module.pt")
+        (Path(tmp) / "state.json").write_text(json.dumps(state))
+        info = mlflow.pyfunc.log_model(name="pyfunc", python_model=ForecastModel(), signature=signature(example),
+                                       artifacts={"module": str(Path(tmp) / "module.pt"),
+                                                  "state": str(Path(tmp) / "state.json")},
+                                       input_example=example, pip_requirements=requirements())
+    mlflow.set_tag("forecast.pyfunc_uri", info.model_uri)
+    return info.model_uri
