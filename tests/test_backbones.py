@@ -117,3 +117,19 @@ def test_retained_memory_is_reused_without_page_faults():
         assert p.returncode == 0, p.stderr[-2000:]
         faults[mode] = int(p.stdout.split()[-1])
     assert faults["retain"] * 5 < faults["system"], faults
+
+
+def test_bench_backbones_runs_without_extras_and_names_what_it_skipped(tmp_path, capsys):
+    import importlib.util
+
+    from omegaconf import OmegaConf
+
+    from forecast.model.backbones.bench import backbones
+
+    if importlib.util.find_spec("mambapy") is not None:
+        pytest.skip("mambapy is installed: nothing to skip")
+    cfg = OmegaConf.create(dict(lengths=[16], d_model=8, n_layers=1, batch=1, repeats=1, max_seconds=5, step_history=0,
+                                out=str(tmp_path / "b.json"), threads=1, backbones={"transformer": {}, "mambapy": {}}))
+    records = backbones(cfg)
+    assert [r["backbone"] for r in records] == ["transformer"]
+    assert "note: mambapy skipped: the mamba.py package is not installed" in capsys.readouterr().out

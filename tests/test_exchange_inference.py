@@ -120,3 +120,20 @@ def test_names_map_to_known_calendars():
              "^GDAXI": "XETR", "^HSI": "XHKG", "^FCHI": "XPAR", "^STOXX50E": "XEUR", "^KS11": "XKRX"}
     assert {t: exchanges.from_name(t)[0] for t in cases} == cases
     assert exchanges.from_name("BRK.B") is None and exchanges.from_name("IDX1") is None
+
+
+@pytest.mark.parametrize("ticker", ["^N225", "^JKSE", "AAPL"])
+def test_each_ticker_trains_without_split_dates(stored, ticker, tmp_path):
+    """The default split is by quantile of the ticker's own sessions: no dates needed for any market."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF, TINY
+    from forecast.training.train import train
+
+    store, _ = stored
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=[f"data.store={store}", f"data.tickers=['{ticker}']", *TINY,  # '^': quoted
+                                          f"logger.tracking_uri=sqlite:///{tmp_path}/m.db",
+                                          f"trainer.default_root_dir={tmp_path}/ckpt"])
+    assert cfg.data.val_start is None and cfg.data.test_start is None
+    assert np.isfinite(train(cfg))

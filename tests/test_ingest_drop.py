@@ -110,3 +110,20 @@ def test_random_side_tables_in_a_drop_never_stop_it(tmp_path_factory, header, ce
     (d / "A.csv").write_text("Date,Open,High,Low,Close,Volume\n2024-01-02,1,2,0.5,1.5,10\n")
     (d / "side.csv").write_bytes((header + "".join(cells)).encode("utf-8", errors="replace"))
     assert ing.run(OmegaConf.create(dict(path=str(d), store=str(d / "s")))) == 0
+
+
+def test_a_synth_drop_ingested_in_one_command_trains_the_modality_ablation(synth, tmp_path):
+    """`synth` -> `ingest path=<synth folder>` -> `train experiment=modality_ablation data.store=<it>`."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF, TINY
+    from forecast.training.train import train
+
+    store = tmp_path / "store"
+    assert ing.run(OmegaConf.create(dict(path=str(synth), store=str(store)))) == 0
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=modality_ablation", f"data.store={store}", *TINY,
+                                          "data.window=8", "data.batch_size=64",
+                                          f"logger.tracking_uri=sqlite:///{tmp_path}/m.db",
+                                          f"trainer.default_root_dir={tmp_path}/ckpt"])
+    assert train(cfg) > 0  # a finite validation loss: every modality (price, calendar, exogenous, news) was read

@@ -38,7 +38,12 @@ def check(command: str, cfg: DictConfig) -> None:
     for key, node in _targets(plain, ""):
         part = PARTS.get(node["_target_"])
         if part is not None:
-            validate(part, {k: v for k, v in node.items() if k not in ("_target_", "_partial_")}, key)
+            checked = validate(part, {k: v for k, v in node.items() if k not in ("_target_", "_partial_")}, key)
+            if hasattr(checked, "check_references"):
+                try:
+                    checked.check_references()
+                except ConfigError as e:
+                    raise e.within(key) from None
     if schema is not None:
         schema.cross_check(plain)
 
@@ -55,7 +60,7 @@ def validate(schema: type[BaseModel], values: dict, prefix: str) -> BaseModel:
         field, sep, rest = message.partition(": ")  # a rule across fields names the one it blames
         if sep and field in schema.model_fields:
             key, message = _key(key, (field,), {field: None}), rest
-        raise ConfigError(key, f"{message}{shown}") from None
+        raise ConfigError(key or "config", f"{message}{shown}") from None
 
 
 def _key(prefix: str, loc: tuple, values) -> str:
@@ -67,7 +72,7 @@ def _key(prefix: str, loc: tuple, values) -> str:
             key, node = f"{key}[{part}]", node[part]
         elif isinstance(node, dict) and part in node:
             key, node = (f"{key}.{part}" if key else str(part)), node[part]
-    return key or "config"
+    return key
 
 
 def _message(err: dict) -> str:

@@ -73,12 +73,15 @@ class Train(Command):
 
     @classmethod
     def cross_check(cls, plain: dict) -> None:
+        uri = plain["logger"]["tracking_uri"]
+        sources = [key for key in ("init_from", "resume") if plain.get(key) and plain[key] != "last"]
+        if not uri.startswith(("http://", "https://")) and not sources:
+            return  # nothing to look up: mlflow is not even imported
         from forecast.tracking.runs import check_reachable, check_source
 
-        check_reachable(plain["logger"]["tracking_uri"], "logger.tracking_uri")
-        for key in ("init_from", "resume"):
-            if plain.get(key) and plain[key] != "last":
-                check_source(plain["logger"]["tracking_uri"], str(plain[key]), key)
+        check_reachable(uri, "logger.tracking_uri")
+        for key in sources:
+            check_source(uri, str(plain[key]), key)
 
 
 class WalkForward(BaseModel):

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from forecast.errors import ConfigError
+
 PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -48,16 +50,6 @@ class MarketData(Part):
     train_start: date | None = None
     test_end: date | None = None
 
-    @field_validator("store")
-    @classmethod
-    def _store_exists(cls, store: str) -> str:
-        if not (Path(store) / "manifest.parquet").exists():
-            from forecast.data.market import find_stores
-
-            raise ValueError(f"no store at {store}; stores found: {find_stores() or 'none'} "
-                             "(build one with `python -m forecast ingest path=<files> store=<dir>`)")
-        return store
-
     @field_validator("tickers")
     @classmethod
     def _tickers(cls, tickers):
@@ -78,18 +70,6 @@ class MarketData(Part):
         return modalities
 
     @model_validator(mode="after")
-    def _tickers_in_store(self):
-        from data_pipelines.store import read_manifest
-
-        if isinstance(self.tickers, list):
-            have = set(read_manifest(self.store)["ticker"].to_list())
-            missing = sorted({str(t) for t in self.tickers} - have)
-            if missing:
-                raise ValueError(f"tickers: {missing} not in store {self.store}; it has "
-                                 f"{sorted(have)[:20]}{' ...' if len(have) > 20 else ''}")
-        return self
-
-    @model_validator(mode="after")
     def _consistent(self):
         if self.purge is not None and self.purge < self.horizon:
             raise ValueError(f"purge: must be >= horizon ({self.horizon}) so labels never overlap, got {self.purge}")
@@ -98,6 +78,22 @@ class MarketData(Part):
         if self.val_start and self.test_start and self.val_start >= self.test_start:
             raise ValueError(f"val_start: must be before test_start, got {self.val_start} >= {self.test_start}")
         return self
+
+    def check_references(self) -> None:
+        """The store exists and holds the tickers (the CLI checks this before any work; MarketData
+        itself only when it reads the store)."""
+        from data_pipelines.store import read_manifest
+        from forecast.data.market import find_stores
+
+        if not (Path(self.store) / "manifest.parquet").exists():
+            raise ConfigError("store", f"no store at {self.store}; stores found: {find_stores() or 'none'} "
+                                       "(build one with `python -m forecast ingest path=<files> store=<dir>`)")
+        if isinstance(self.tickers, list):
+            have = set(read_manifest(self.store)["ticker"].to_list())
+            missing = sorted({str(t) for t in self.tickers} - have)
+            if missing:
+                raise ConfigError("tickers", f"{missing} not in store {self.store}; it has "
+                                             f"{sorted(have)[:20]}{' ...' if len(have) > 20 else ''}")
 
 
 # --- model ------------------------------------------------------------------------------------------

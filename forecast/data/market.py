@@ -150,26 +150,18 @@ class MarketData(L.LightningDataModule):
                  modalities: list[str] = ("price",), train_start: str | None = None, test_end: str | None = None,
                  seed: int = 0, label: str = "raw", exog_level_window: int | None = None):
         super().__init__()
+        from forecast.config import validate
+        from forecast.config.parts import MarketData as Schema
+
+        validate(Schema, {k: v for k, v in locals().items() if k in Schema.model_fields}, "")  # the one set of rules
         purge = horizon if purge is None else purge
-        for key, value, low in [("window", window, 2), ("horizon", horizon, 1), ("batch_size", batch_size, 1),
-                                ("purge", purge, horizon)]:
-            _check(isinstance(value, int) and value >= low, key, f"must be an integer >= {low}, got {value!r}"
-                   + (" (at least the horizon, so labels never overlap)" if key == "purge" else ""))
-        _check(0 < val_frac and 0 < test_frac and val_frac + test_frac < 1, "val_frac",
-               f"val_frac and test_frac must be > 0 with a sum < 1, got {val_frac} and {test_frac}")
         tickers = [tickers] if isinstance(tickers, (str, int)) else tickers  # data.tickers=SPX is one ticker
         self.store, self.tickers = store, None if tickers is None else [str(t) for t in tickers]
         self.window, self.horizon, self.purge, self.batch_size = window, horizon, purge, batch_size
         self.bounds = (val_start, test_start, val_frac, test_frac)
         self.num_workers, self.seed = num_workers, seed
         self.modalities = [str(m) for m in modalities]
-        unknown = sorted(set(self.modalities) - set(known_modalities()))
-        _check(not unknown, "modalities", f"unknown {unknown}; known: {known_modalities()}")
-        _check(label in LABELS, "label", f"must be one of {list(LABELS)}, got {label!r}")
-        self.label = label
-        _check(exog_level_window is None or (isinstance(exog_level_window, int) and exog_level_window >= 4),
-               "exog_level_window", f"must be null or an integer >= 4, got {exog_level_window!r}")
-        self.exog_level_window = exog_level_window
+        self.label, self.exog_level_window = label, exog_level_window
         self._check_label(self.tickers)
         self.fold = tuple(None if d is None else date.fromisoformat(str(d)) for d in (train_start, test_end))
         self.frame: pl.DataFrame | None = None
