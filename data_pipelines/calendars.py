@@ -11,17 +11,24 @@ Rules (documented in the README's "bring your own data" section):
 - Missing sessions (sessions between a ticker's first and last date that it has no row for, counted
   from the calendar's first session on) are reported per ticker and stored in the manifest's
   `missing_sessions` column. Nothing is filled in: no invented prices.
+
+Session arrays are cached on disk (`~/.cache/forecast/calendars`, or under $XDG_CACHE_HOME) per
+exchange, decade and exchange-calendars version: see `_session_days`.
 """
 from __future__ import annotations
 
 import datetime as dt
+import os
 import warnings
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from data_pipelines.store import StoreError
+
+SESSION_CACHE_DAYS = 60
 
 
 @lru_cache(maxsize=64)
@@ -60,7 +67,38 @@ def _calendar(code: str, start: dt.date):
 
 def sessions(code: str, start: dt.date) -> pl.Series:
     """Session dates of `code` from on or before `start` (or from the calendar's bound) to its end, as pl.Date."""
-    return pl.Series("session", calendar(code, start).sessions.values.astype("datetime64[D]")).cast(pl.Date)
+    return pl.Series("session", _session_days(code, dt.date(start.year // 10 * 10, 1, 1))).cast(pl.Date)
+
+
+@lru_cache(maxsize=128)
+def _session_days(code: str, decade: dt.date) -> np.ndarray:
+    """(S,) datetime64[D] sessions, kept on disk between runs: building the two dozen calendars an
+    exchange fit needs takes seconds, loading them milliseconds. A cached array is used while it
+    runs SESSION_CACHE_DAYS past today (a fresh build runs a year past it) and for the same
+    exchange-calendars version, whose rules alone decide the sessions."""
+    import exchange_calendars as xcals
+
+    path = _cache_dir() / f"{code}-{decade.isoformat()}-xcals{xcals.__version__}.npy"
+    try:
+        days = np.load(path)
+        if days.dtype == np.dtype("datetime64[D]") and days[-1] >= np.datetime64(dt.date.today()) + SESSION_CACHE_DAYS:
+            return days
+    except (OSError, ValueError, IndexError):
+        pass
+    days = calendar(code, decade).sessions.values.astype("datetime64[D]")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, days)
+        os.replace(tmp, path)  # atomic: another process reads the old array or the new one
+    except OSError:
+        pass  # a read-only home: build each run
+    return days
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "forecast" / "calendars"
 
 
 def exchange_expr(exchange_of: dict[str, str], default: str) -> pl.Expr:
@@ -90,17 +128,19 @@ def session_reason(days: dict[str, pl.Series], exchange: pl.Expr) -> pl.Expr:
     return pl.when(ok).then(None).otherwise(pl.lit("not a session"))
 
 
-def coverage(frames: dict[str, pl.DataFrame], exchange_of: dict[str, str], default: str) -> pl.DataFrame:
-    """Per ticker of date-sorted `frames`: exchange, missing_sessions, unchecked (rows dated before
-    the calendar's bound, accepted on weekdays)."""
-    stats = []
-    for ticker, df in frames.items():
-        code, dates = exchange_of.get(ticker, default), df["date"]
-        b = bound(code)
-        before = int((dates < b).sum()) if b is not None and dates[0] < b else 0
-        stats.append((ticker, code, max(dates[0], b) if b else dates[0], dates[-1], df.height - before, before))
-    per = pl.DataFrame(stats, schema=dict(ticker=pl.String, exchange=pl.String, first=pl.Date, last=pl.Date,
-                                          checked=pl.Int64, unchecked=pl.Int64), orient="row")
+def coverage(rows: pl.DataFrame | dict[str, pl.DataFrame], exchange_of: dict[str, str], default: str) -> pl.DataFrame:
+    """Per ticker of `rows` (ticker, date, each ticker's rows by date; or ticker -> frame with a date
+    column): exchange, missing_sessions, unchecked (rows dated before the calendar's bound, accepted
+    on weekdays)."""
+    if isinstance(rows, dict):
+        rows = pl.concat([df.select(pl.lit(t, pl.String).alias("ticker"), "date") for t, df in rows.items()])
+    bounds = {c: b for c in {*exchange_of.values(), default} if (b := bound(c)) is not None}
+    first_ok = pl.col("exchange").replace_strict(bounds, default=None, return_dtype=pl.Date)
+    per = (rows.select("ticker", "date", exchange=exchange_expr(exchange_of, default))
+           .group_by("ticker", maintain_order=True)
+           .agg(pl.col("exchange").first(), first=pl.col("date").first(), last=pl.col("date").last(), n=pl.len(),
+                unchecked=(pl.col("date") < first_ok.first()).sum().cast(pl.Int64)))
+    per = per.with_columns(first=pl.max_horizontal("first", first_ok), checked=pl.col("n") - pl.col("unchecked"))
     missing = np.zeros(per.height, dtype=np.int64)
     for code in per["exchange"].unique():
         mine = (per["exchange"] == code).to_numpy()

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 REQUIRED = ("date", "open", "high", "low", "close", "volume")
@@ -65,7 +66,14 @@ def sniff_delimiter(header_line: str) -> str:
 
 
 def parse_header(header_line: str) -> FileSpec:
-    """Column roles from a header line; FormatError names what is missing."""
+    """Column roles from a header line; FormatError names what is missing. Memoised: a vendor drop
+    of 100,000 files has a handful of distinct headers."""
+    spec = _parse_header(header_line)
+    return replace(spec, header=list(spec.header), roles=dict(spec.roles), ignored=list(spec.ignored))
+
+
+@lru_cache(maxsize=1024)
+def _parse_header(header_line: str) -> FileSpec:
     delimiter = sniff_delimiter(header_line)
     try:
         header = next(csv.reader([header_line], delimiter=delimiter))

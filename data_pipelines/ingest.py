@@ -9,22 +9,26 @@ followed by the count of each quarantine reason, each ticker's exchange and how 
 it (`exchanges.py`), and every file rejected or skipped with its reason. `rows_read = rows_stored +
 rows_quarantined + duplicates` always holds. A folder may be a whole vendor drop: news and exogenous
 tables in it are told apart by their headers and stored as such (`drop.py`). The exit code is 1 only
-when nothing usable was found.
+when nothing usable was found. With `incremental` (the CLI's default) only the files the store's
+source catalogue lacks or has otherwise are read (`catalogue.py`); `files_unchanged=` counts the
+others. The last summary line splits the time: listing, reading, validating, dedup, writing.
 """
 from __future__ import annotations
 
 import json
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-from data_pipelines import calendars, exchanges
+from data_pipelines import calendars, catalogue, exchanges
 from data_pipelines import store as st
 from data_pipelines.adjust import adjust
 from data_pipelines.dedup import dedup
-from data_pipelines.drop import LAG_FILE, discover, side_tables
+from data_pipelines.drop import LAG_FILE, listing, side_tables
+from data_pipelines.merge import merge_stored
 from data_pipelines.read import read_sources
 from data_pipelines.validate import split, value_reason
 
@@ -40,6 +44,7 @@ class Options:
     max_price: float = 1e9
     max_volume: float = 1e15
     wait: bool = True                                # another ingest is writing the store: wait (else exit 2)
+    incremental: bool = False                        # read only new or changed files (catalogue.py); CLI default true
 
 
 @dataclass
@@ -61,6 +66,13 @@ class Report:
     side_files: dict = field(default_factory=dict)    # 'news' / 'exogenous' -> files of that table
     exchanges: list = field(default_factory=list)     # summary lines: exchange, source and fit per ticker
     extra: dict = field(default_factory=dict)         # exogenous / news counts
+    seconds: dict = field(default_factory=dict)       # listing, reading, validating, dedup, writing
+
+    @contextmanager
+    def timed(self, step: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[step] = round(self.seconds.get(step, 0.0) + time.perf_counter() - start, 3)
 
     def lines(self) -> list[str]:
         head = (f"files={self.files} rows_read={self.rows_read} rows_stored={self.rows_stored} "
@@ -78,35 +90,54 @@ class Report:
         if self.unchecked:
             out.append(f"  unchecked {self.unchecked}: dated before their exchange calendar's bound, "
                        "accepted on weekdays")
+        if self.seconds:
+            out.append("  seconds: " + " ".join(f"{k}={v:.2f}" for k, v in self.seconds.items()))
         return out
 
 
 def ingest(path: str | Path, store: str | Path, opts: Options | None = None) -> Report:
-    """Read, validate, dedup, adjust and store every price file under `path`."""
+    """Read, validate, dedup, adjust and store every price file under `path` (with
+    `opts.incremental` and mode merge, only the files the store's catalogue lacks or has otherwise)."""
     opts = opts or Options()
     store = Path(store)
     if store.exists() and not store.is_dir():
         raise st.StoreError(f"store {store} exists and is not a directory")
-    files, skipped, rejected = discover(path)
-    rows, bad, sources = read_sources(files, opts.ticker_pattern, opts.upper_tickers, opts.date_format)
-    rep = Report(files=len(files), rows_read=rows.height + bad.height, skipped_files=skipped)
+    rep = Report()
+    with rep.timed("listing"):
+        listed, skipped, rejected = listing(path)
+        options, kept = catalogue.fingerprint(opts), pl.DataFrame(schema=catalogue.SCHEMA)
+        if opts.incremental and opts.mode == "merge":
+            listed, kept = catalogue.unchanged(store, listed, options)
+            rep.extra["files_unchanged"] = kept.height
+        files = [Path(p) for p in listed["path"]]
+    with rep.timed("reading"):
+        rows, bad, sources = read_sources(files, opts.ticker_pattern, opts.upper_tickers, opts.date_format)
+    rep.files, rep.rows_read, rep.skipped_files = len(files), rows.height + bad.height, skipped
+    _file_report(rep, rejected, skipped, sources)
+    with rep.timed("validating"):
+        rows, b_rules, table = _check_rows(rows, opts, store)
+    with rep.timed("dedup"):
+        rows, rep.duplicates, b_conflicts = dedup(rows)
+    rep.conflicts = b_conflicts.height
+    quarantined = pl.concat([bad, b_rules, b_conflicts])
+    rep.rows_stored, rep.rows_quarantined = rows.height, quarantined.height
+    _count_reasons(rep, quarantined, sources)
+    assert rep.rows_read == rep.rows_stored + rep.rows_quarantined + rep.duplicates, asdict(rep)
+    with rep.timed("writing"):
+        _write_quarantine(store, quarantined, listed["real"])
+        if rows.height:
+            _store_prices(store, adjust(rows), opts, rep, table)
+        catalogue.record(store, sources, listed, kept, options)  # last: a killed ingest reads these files again
+    return rep
+
+
+def _file_report(rep: Report, rejected: dict, skipped: dict, sources) -> None:
     rep.rejected_files = {**rejected, **{str(s.path): s.problem for s in sources if s.problem}}
     for s in sources:
         if s.kind != "prices":
             rep.side_files.setdefault(s.kind, []).append(str(s.path))
     if "exogenous" in rep.side_files:  # a lag_days.json next to a macro table is read, not skipped
         rep.skipped_files = {f: w for f, w in skipped.items() if Path(f).name != LAG_FILE}
-    rows, b_rules, table = _check_rows(rows, opts, store)
-    rows, rep.duplicates, b_conflicts = dedup(rows)
-    rep.conflicts = b_conflicts.height
-    quarantined = pl.concat([bad, b_rules, b_conflicts])
-    rep.rows_stored, rep.rows_quarantined = rows.height, quarantined.height
-    _count_reasons(rep, quarantined, sources)
-    assert rep.rows_read == rep.rows_stored + rep.rows_quarantined + rep.duplicates, asdict(rep)
-    _write_quarantine(store, quarantined, sources)
-    if rows.height:
-        _store_prices(store, adjust(rows), opts, rep, table)
-    return rep
 
 
 def _check_rows(rows: pl.DataFrame, opts: Options, store: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
@@ -130,63 +161,33 @@ def _count_reasons(rep: Report, q: pl.DataFrame, sources) -> None:
         rep.examples[reason] = f"{sources[fid].path} line {line}"
 
 
-def _write_quarantine(store: Path, q: pl.DataFrame, sources) -> None:
-    names = {s.file_id: str(s.path.resolve()) for s in sources}
-    q = q.with_columns(file=pl.col("file_id").replace_strict(names, return_dtype=pl.String))
-    st.update_quarantine(store, list(names.values()), q)
+def _write_quarantine(store: Path, q: pl.DataFrame, real: pl.Series) -> None:
+    """Replace the quarantined rows of the files read (`real`: their resolved paths, in file_id order)."""
+    q = q.with_columns(file=real.gather(q["file_id"]))
+    st.update_quarantine(store, real.to_list(), q)
 
 
 def _store_prices(store: Path, rows: pl.DataFrame, opts: Options, rep: Report, table: pl.DataFrame) -> None:
     """Merge the new rows per ticker with the stored history, then write changed tickers and their
     exchanges (with how well each fits)."""
-    frames = by_ticker(rows.select("ticker", *st.PRICE_COLUMNS))
+    rows = rows.select("ticker", *st.PRICE_COLUMNS)
     manifest = st.read_manifest(store) if (store / st.MANIFEST).exists() else None
     if manifest is not None and opts.mode == "merge":
-        frames, rep.extra["replaced_stored_rows"] = _merge(store, frames, manifest)
-    table = table.filter(pl.col("ticker").is_in(list(frames)))
-    cov = calendars.coverage(frames, dict(zip(table["ticker"], table["exchange"])), exchanges.DEFAULT)
+        rows, rep.extra["replaced_stored_rows"] = merge_stored(store, rows, manifest)
+    tickers = rows["ticker"].unique()
+    table = table.filter(pl.col("ticker").is_in(tickers.implode()))
+    cov = calendars.coverage(rows, dict(zip(table["ticker"], table["exchange"])), exchanges.DEFAULT)
     missing = dict(zip(cov["ticker"], cov["missing_sessions"]))
     rep.missing_sessions = int(cov["missing_sessions"].sum())
     rep.unchecked = int(cov["unchecked"].sum())
     codes = dict(zip(cov["ticker"], cov["exchange"]))
     before = {} if manifest is None else dict(zip(manifest["ticker"], manifest["content_hash"]))
-    new = st.write_prices(store, frames, codes, missing)
+    new = st.write_prices(store, rows, codes, missing)
     exchanges.write_table(store, table)
     rep.exchanges = exchanges.summary(table)
     after = dict(zip(new["ticker"], new["content_hash"]))
-    rep.tickers = len(frames)
-    rep.tickers_changed = sum(before.get(t) != after[t] for t in frames)
-
-
-def by_ticker(rows: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    """ticker -> its rows sorted by date (without the ticker column). Rows in one run per ticker
-    (the usual case after dedup) are sliced without copying; otherwise partitioned."""
-    rows = rows.rechunk() if rows.n_chunks() > 16 else rows  # a slice costs O(chunks)
-    tick = rows["ticker"]
-    starts = np.flatnonzero((tick != tick.shift(1)).fill_null(True).to_numpy())
-    body = rows.drop("ticker")
-    if len(starts) == tick.n_unique():
-        ends = np.r_[starts[1:], rows.height]
-        frames = {tick[int(a)]: body.slice(int(a), int(b - a)) for a, b in zip(starts, ends)}
-    else:
-        frames = {t: df.drop("ticker") for (t,), df in rows.partition_by("ticker", as_dict=True).items()}
-    return {t: df if df["date"].is_sorted() else df.sort("date") for t, df in frames.items()}
-
-
-def _merge(store: Path, frames: dict[str, pl.DataFrame], manifest: pl.DataFrame) -> tuple[dict, int]:
-    """Stored rows on dates the new data lacks are kept; on shared dates the new rows win.
-    Returns the merged frames and the number of stored rows whose values were replaced."""
-    stored = dict(zip(manifest["ticker"], manifest["file"]))
-    hashes = dict(zip(manifest["ticker"], manifest["content_hash"]))
-    out, replaced = {}, 0
-    for t, df in frames.items():
-        if t in stored and st.content_hash(df) != hashes[t]:
-            old = pl.read_parquet(store / stored[t]).select(st.PRICE_COLUMNS).cast(df.schema)
-            shared = old.join(df, on="date", how="semi").height
-            replaced += shared - old.join(df, on=st.PRICE_COLUMNS, how="semi").height
-            df = pl.concat([old.join(df, on="date", how="anti"), df]).sort("date")
-        out[t] = df
-    return out, replaced
+    rep.tickers = len(tickers)
+    rep.tickers_changed = sum(before.get(t) != after[t] for t in tickers)
 
 
 def run(cfg) -> int:

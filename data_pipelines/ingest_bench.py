@@ -22,8 +22,6 @@ NUM = ["Open", "High", "Low", "Close", "Adj Close", "Volume"]
 
 def pandas_ingest(src: Path, store: Path) -> dict:
     """Read, validate (values and sessions), dedup, adjust, store by ticker: plain pandas."""
-    import exchange_calendars as xcals
-    import numpy as np
     import pandas as pd
 
     frames = []
@@ -33,6 +31,23 @@ def pandas_ingest(src: Path, store: Path) -> dict:
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     n_read = len(df)
+    df, bad, conflicts, dups = pandas_rules(df)
+    quarantine = pd.concat([bad, conflicts])
+    for ticker, g in df.groupby("ticker"):
+        (store / "prices" / f"ticker={ticker}").mkdir(parents=True, exist_ok=True)
+        g.drop(columns=["ticker", "Adj Close"]).to_parquet(store / "prices" / f"ticker={ticker}" / "data.parquet")
+    quarantine.astype(str).to_parquet(store / "quarantine.parquet")
+    return dict(rows_read=n_read, rows_stored=len(df), rows_quarantined=len(quarantine), duplicates=dups)
+
+
+def pandas_rules(df):
+    """Plain pandas: parse dates and numbers, the value rules and the XNYS session check, exact
+    duplicates dropped, conflicts resolved (the row read last wins), the Adj Close adjustment.
+    Returns (kept and adjusted, bad rows, conflicting rows, duplicates dropped)."""
+    import exchange_calendars as xcals
+    import numpy as np
+    import pandas as pd
+
     df["Date"] = pd.to_datetime(df["Date"], format="%Y-%m-%d", errors="coerce")
     df[NUM] = df[NUM].apply(pd.to_numeric, errors="coerce")
     with warnings.catch_warnings():
@@ -42,23 +57,17 @@ def pandas_ingest(src: Path, store: Path) -> dict:
     bad = (df[["Date", *NUM]].isna().any(axis=1) | ~np.isfinite(df[NUM]).all(axis=1) | (px <= 0).any(axis=1)
            | (df["Volume"] < 0) | (df["High"] < df[["Open", "Close"]].max(axis=1))
            | (df["Low"] > df[["Open", "Close"]].min(axis=1)) | ~df["Date"].isin(sessions))
-    quarantine, df = df[bad], df[~bad]
-    n = len(df)
-    df = df.drop_duplicates()
-    dups = n - len(df)
-    df = df.sort_values(["ticker", "Date"], kind="stable")
-    conflicts = df.duplicated(["ticker", "Date"], keep="last")
-    quarantine = pd.concat([quarantine, df[conflicts]])
-    df = df[~conflicts].copy()
-    f = df["Adj Close"] / df["Close"]
+    kept = df[~bad]
+    n = len(kept)
+    kept = kept.drop_duplicates().sort_values(["ticker", "Date"], kind="stable")
+    dups = n - len(kept)
+    conflicts = kept.duplicated(["ticker", "Date"], keep="last")
+    kept, conflicting = kept[~conflicts].copy(), kept[conflicts]
+    f = kept["Adj Close"] / kept["Close"]
     for c in ["Open", "High", "Low", "Close"]:
-        df[c] = df[c] * f
-    df["Volume"] = df["Volume"] / f
-    for ticker, g in df.groupby("ticker"):
-        (store / "prices" / f"ticker={ticker}").mkdir(parents=True, exist_ok=True)
-        g.drop(columns=["ticker", "Adj Close"]).to_parquet(store / "prices" / f"ticker={ticker}" / "data.parquet")
-    quarantine.astype(str).to_parquet(store / "quarantine.parquet")
-    return dict(rows_read=n_read, rows_stored=len(df), rows_quarantined=len(quarantine), duplicates=dups)
+        kept[c] = kept[c] * f
+    kept["Volume"] = kept["Volume"] / f
+    return kept, df[bad], conflicting, dups
 
 
 def polars_ingest(src: Path, store: Path) -> dict:
@@ -110,10 +119,17 @@ def ingest(cfg) -> int:
         print(" ".join(f"{k}={v}" for k, v in r.items()))
     if "speedup" in out:
         print(f"speedup={out['speedup']} load_avg_1min(before,after)={out['load_avg_1min']} cpus={out['cpus']}")
-    if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(out, indent=1) + "\n")
+    write_result(out, cfg.out)
     return 0
+
+
+def write_result(out: dict, path: str | None, keys: tuple[str, ...] = ()) -> None:
+    """A benchmark's result: `keys` on one line of stdout, the whole as JSON at `path` when given."""
+    if keys:
+        print(" ".join(f"{k}={out.get(k)}" for k in keys))
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(out, indent=1) + "\n")
 
 
 def _run(variant: str, data: Path, keep: bool) -> dict:

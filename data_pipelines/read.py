@@ -38,7 +38,7 @@ from data_pipelines.parse import (
     split_records,
     ticker_invalid,
 )
-from data_pipelines.rawtext import check_text, file_bytes, unexpected
+from data_pipelines.rawtext import as_text, check_text, digest, file_bytes, raw_bytes, unexpected
 from data_pipelines.read_parquet import read_parquet
 
 
@@ -51,6 +51,7 @@ class Source:
     problem: str | None = None
     ignored_columns: list[str] = field(default_factory=list)
     kind: str = "prices"       # or 'news' / 'exogenous': a table for another part of the store
+    digest: str | None = None  # of its bytes on disk, for the source catalogue (catalogue.py)
 
 
 @dataclass
@@ -102,7 +103,9 @@ def _load(path: Path) -> bytes:
 def _open_text(src: Source, date_format: str | None) -> _Text | None:
     """Header, spec and line count of a text file; None (with `src.problem`, or a `kind` other than
     prices) when it has no price rows to read."""
-    data, as_on_disk = file_bytes(src.path)
+    raw = raw_bytes(src.path)
+    src.digest = digest(raw)
+    data, as_on_disk = as_text(raw, src.path.name)
     bom = data.startswith(b"\xef\xbb\xbf")
     data = data[3:] if bom else data
     lines = data[:65536].split(b"\n", 64)
@@ -129,33 +132,35 @@ def _open_text(src: Source, date_format: str | None) -> _Text | None:
     spec.date_format = date_format or _date_format(_date_samples(data[start:start + 4096], spec))
     rows = data.count(b"\n", start) + (not data.endswith(b"\n"))
     clean = data.find(b'"', start) < 0 and (data.isascii() or _is_utf8(data))
-    plain = not bom and k == 0 and as_on_disk
-    return _Text(src, spec, k + 1, rows, clean, plain)
+    small = len(data) <= SMALL_FILE  # parsed from memory with its group: cheaper than one more open
+    plain = not bom and k == 0 and as_on_disk and not small
+    return _Text(src, spec, k + 1, rows, clean, plain, data[start:] if small else None)
 
 
 _NONSPACE = re.compile(rb"\S")
-_DIGITS = str.maketrans("0123456789", "9999999999")
+_DIGITS = bytes.maketrans(b"0123456789", b"9999999999")
 _UNAMBIGUOUS: dict[tuple, str] = {}  # sample shapes (digits as 9) starting with a 4-digit year -> format
+SMALL_FILE = 1 << 18  # text files up to this size are kept in memory and parsed in one buffer with their group
 
 
-def _date_format(samples: list[str]) -> str:
+def _date_format(samples: list[bytes]) -> str:
     """infer_date_format, remembered for year-first shapes ('9999-99-99'), which parse one way only."""
     shapes = tuple(sorted({v.translate(_DIGITS) for v in samples}))
     if shapes in _UNAMBIGUOUS:
         return _UNAMBIGUOUS[shapes]
-    fmt = infer_date_format(samples)
-    if shapes and all(re.match(r"9999\D?99", sh) for sh in shapes):
+    fmt = infer_date_format([v.decode("utf-8", errors="replace") for v in samples])
+    if shapes and all(re.match(rb"9999\D?99", sh) for sh in shapes):
         _UNAMBIGUOUS[shapes] = fmt
     return fmt
 
 
-def _date_samples(body: bytes, spec: FileSpec) -> list[str]:
-    i = spec.roles["date"]
+def _date_samples(body: bytes, spec: FileSpec) -> list[bytes]:
+    i, sep = spec.roles["date"], spec.delimiter.encode()
     out = []
-    for ln in body[:4096].decode("utf-8", errors="replace").splitlines()[:20]:
-        fields = ln.split(spec.delimiter)
+    for ln in body[:4096].splitlines()[:20]:
+        fields = ln.split(sep)
         if len(fields) > i:
-            out.append(fields[i].strip().strip('"'))
+            out.append(fields[i].strip().strip(b'"'))
     return out
 
 

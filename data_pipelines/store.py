@@ -6,19 +6,23 @@ Layout of a store directory:
                                        rows, missing_sessions, content_hash, file (relative path)
     manifests/<g>.parquet              manifest generation g = 000001, 000002, ...: the highest is current,
                                        manifest.parquet a copy of it (older stores lack these until written)
-    prices/ticker=<quoted>/<hash>.parquet
-                                       date, open, high, low, close, volume; sorted, one row per session
+    prices/bucket=<kk>/<digest>.parquet
+                                       segments: ticker, date, open, high, low, close, volume of many
+                                       tickers, sorted, one row per ticker and session (segments.py);
+                                       stores written before segments hold prices/ticker=<quoted>/<hash>.parquet
+                                       (one ticker, no ticker column), still read
+    sources.parquet                    the vendor files ingested: path, size, mtime, hash (catalogue.py)
     exogenous.parquet                  series, date (the session on which the value became known), value
     news.parquet                       ticker (null = market-wide), session (first session in which the
                                        item could be acted on), published_at (UTC), headline
     quarantine.parquet                 file, line, reason, raw: every input row that was not stored
     .write.lock, .writer               the writer's lock; while held, .writer names its pid and start time
 
-Price files use LZ4 (writing thousands of small files, zstd costs twice the time for 25% less disk);
-the other tables use zstd. Writes are atomic: price files are content-addressed (a new version gets a
-new name), every table is written to a temporary name and renamed over the old one (`os.replace`),
-and a new manifest generation is published last. A table whose content did not change is not
-rewritten, so re-ingesting the same data changes no file.
+Price segments use LZ4 (zstd costs twice the time for 25% less disk); the other tables use zstd.
+Writes are atomic: segments are content-addressed (a new version gets a new name) and never
+modified, every table is written to a temporary name and renamed over the old one (`os.replace`),
+and a new manifest generation is published last. A ticker whose content did not change is not
+rewritten, nor is a table, so re-ingesting the same data changes no file.
 
 One writer at a time: every write, and `python -m forecast ingest` as a whole (`writing`), holds an
 exclusive `flock` on .write.lock. The kernel drops it when the holder exits or is killed, so no lock
@@ -43,7 +47,6 @@ nobody writes, or keep the store on a local disk.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,9 +54,9 @@ from urllib.parse import quote
 
 import polars as pl
 
-from data_pipelines import store_lock
+from data_pipelines import segments, store_gc, store_lock
+from data_pipelines.segments import PRICE_COLUMNS, content_hash  # noqa: F401 - part of this module's API
 
-PRICE_COLUMNS = ["date", "open", "high", "low", "close", "volume"]
 MANIFEST = "manifest.parquet"
 EXOGENOUS = "exogenous.parquet"
 NEWS = "news.parquet"
@@ -81,23 +84,11 @@ def ticker_dir(ticker: str) -> str:
     return "ticker=" + quote(ticker, safe="")
 
 
-def content_hash(df: pl.DataFrame) -> str:
-    """A stable hash of a frame's names, types and values (row order included)."""
-    h = hashlib.sha256()
-    for s in df.get_columns():
-        h.update(f"{s.name}:{s.dtype}:{s.null_count()}\n".encode())
-        if s.dtype == pl.String or s.null_count():
-            h.update("\x1f".join(map(str, s.to_list())).encode())
-        else:
-            h.update(s.to_numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def write_atomic(df: pl.DataFrame, path: Path, compression: str = "zstd") -> None:
+def write_atomic(df: pl.DataFrame, path: Path, compression: str = "zstd", row_group_size: int | None = None) -> None:
     """Write Parquet to a temporary name in the same directory, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.write_parquet(tmp, compression=compression, statistics=True)
+    df.write_parquet(tmp, compression=compression, statistics=True, row_group_size=row_group_size)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -154,16 +145,27 @@ class Snapshot:
         return self._pin is not None
 
     def read_prices(self, tickers: list[str] | None = None) -> pl.DataFrame:
-        """Rows of the requested tickers (all when None): ticker, date, open, high, low, close, volume."""
-        known = self.manifest["ticker"].to_list()
-        tickers = known if tickers is None else list(tickers)
-        files = dict(zip(known, self.manifest["file"].to_list()))
-        unknown = [t for t in tickers if t not in files]
+        """Rows of the requested tickers (all when None; each once, in the order asked), each by date:
+        ticker, date, open, high, low, close, volume."""
+        return segments.read(self.store, self._entries(tickers))
+
+    def scan_prices(self, tickers: list[str] | None = None) -> pl.LazyFrame:
+        """The same rows as a polars lazy scan, collected while the snapshot is open (each ticker's
+        rows contiguous and by date; the tickers in no set order)."""
+        return segments.scan(self.store, self._entries(tickers))
+
+    def _entries(self, tickers: list[str] | None) -> pl.DataFrame:
+        """The manifest rows of `tickers` in that order (all when None); StoreError names unknown ones."""
+        if tickers is None:
+            return self.manifest
+        wanted = pl.DataFrame(dict(ticker=list(dict.fromkeys(str(t) for t in tickers))), schema=dict(ticker=pl.String))
+        rows = wanted.join(self.manifest, on="ticker", how="left", maintain_order="left")
+        unknown = rows.filter(pl.col("file").is_null())["ticker"].to_list()
         if unknown:
+            known = self.manifest["ticker"].to_list()
             listing = known if len(known) <= 20 else [*known[:20], f"... {len(known) - 20} more"]
             raise StoreError(f"unknown ticker(s) {unknown[:20]} in store {self.store}; it has {listing}")
-        frames = [pl.read_parquet(self.store / files[t]).with_columns(ticker=pl.lit(t)) for t in tickers]
-        return pl.concat(frames).select(["ticker", *PRICE_COLUMNS])
+        return rows
 
     def close(self) -> None:
         if self._pin is not None:
@@ -236,27 +238,29 @@ def read_prices(store: str | Path, tickers: list[str] | None = None) -> pl.DataF
         return snap.read_prices(tickers)
 
 
-def write_prices(store: str | Path, frames: dict[str, pl.DataFrame], exchange: str | dict = "XNYS",
+def write_prices(store: str | Path, frames: dict[str, pl.DataFrame] | pl.DataFrame, exchange: str | dict = "XNYS",
                  missing: dict[str, int] | None = None) -> pl.DataFrame:
     """Add or replace the price history of each ticker in `frames`; returns the new manifest.
 
-    Tickers not in `frames` keep their rows. Each frame must hold PRICE_COLUMNS with unique dates.
+    `frames` maps tickers to frames of PRICE_COLUMNS, or is one frame with a ticker column too (each
+    ticker's rows contiguous). Tickers not in `frames` keep their rows; dates must be unique per ticker.
     `exchange` is one code or a ticker -> code mapping; `missing` counts missing sessions per ticker.
     """
     store = Path(store)
     with writing(store):
         old = _current_manifest(store)
-        new = _write_price_files(store, frames, exchange, missing)
         if old is not None:
-            kept = old if "missing_sessions" in old.columns else old.with_columns(missing_sessions=pl.lit(0))
-            kept = kept.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA)
-            new = pl.concat([kept.filter(~pl.col("ticker").is_in(new["ticker"].implode())), new])
+            old = old if "missing_sessions" in old.columns else old.with_columns(missing_sessions=pl.lit(0))
+            old = old.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA)
+        new = _write_price_files(store, _stacked(frames), exchange, missing, old)
+        if old is not None:
+            new = pl.concat([old.filter(~pl.col("ticker").is_in(new["ticker"].implode())), new])
         new = new.sort("ticker")
         if old is None or not old.equals(new):
             gens = _generations(store)
             write_atomic(new, _generation_path(store, (gens[-1] if gens else 0) + 1))  # readers pin it from now
         _write_table(store, MANIFEST, new)
-        _collect(store)
+        store_gc.collect(store)
     return new
 
 
@@ -266,61 +270,53 @@ def _current_manifest(store: Path) -> pl.DataFrame | None:
     return _read_file(_generation_path(store, gens[-1]) if gens else store / MANIFEST)
 
 
-def _write_price_files(store: Path, frames: dict[str, pl.DataFrame], exchange: str | dict,
-                       missing: dict[str, int] | None) -> pl.DataFrame:
-    """Write each frame unless a file of its content exists; returns the frames' manifest rows."""
-    jobs, rows = [], []
-    for ticker, df in frames.items():
-        df = df if df.columns == PRICE_COLUMNS else df.select(PRICE_COLUMNS)  # eager calls cost ~1 ms each
-        df = df if df["date"].is_sorted() else df.sort("date")
-        digest = content_hash(df)
-        rel = f"prices/{ticker_dir(ticker)}/{digest}.parquet"
-        if not (store / rel).exists():
-            jobs.append((df, store / rel))
-        code = exchange.get(ticker, "XNYS") if isinstance(exchange, dict) else exchange
-        rows.append(dict(ticker=ticker, exchange=code, first_date=df["date"].min(),
-                         last_date=df["date"].max(), rows=df.height,
-                         missing_sessions=(missing or {}).get(ticker, 0), content_hash=digest, file=rel))
+def _stacked(frames: dict[str, pl.DataFrame] | pl.DataFrame) -> pl.DataFrame:
+    """ticker + PRICE_COLUMNS, each ticker's rows one run sorted by date."""
+    if isinstance(frames, dict):
+        parts = [df.select(PRICE_COLUMNS).with_columns(ticker=pl.lit(t, pl.String)) for t, df in frames.items()]
+        rows = pl.concat(parts) if parts else pl.DataFrame(schema=segments.ROW_SCHEMA)
+    else:
+        rows = frames
+    rows = rows.select("ticker", *PRICE_COLUMNS)
+    same = pl.col("ticker") == pl.col("ticker").shift(1)
+    flags = rows.select(start=~same.fill_null(False), back=same & (pl.col("date") <= pl.col("date").shift(1)))
+    if flags["start"].sum() != rows["ticker"].n_unique() or flags["back"].any():
+        rows = rows.sort("ticker", "date", maintain_order=True)
+    return rows
+
+
+def _write_price_files(store: Path, rows: pl.DataFrame, exchange: str | dict, missing: dict[str, int] | None,
+                       old: pl.DataFrame | None) -> pl.DataFrame:
+    """Write the segments of the tickers whose content changed (segments.py); returns the manifest
+    rows of every ticker in `rows`, and of older tickers a compaction moved."""
+    for t in rows["ticker"].unique():
+        ticker_dir(t)  # the length rule: a ticker names a store entry
+    stats = segments.ticker_stats(rows)
+    codes = exchange if isinstance(exchange, dict) else {}
+    stats = stats.with_columns(
+        exchange=pl.col("ticker").replace_strict(codes, default=exchange if isinstance(exchange, str) else "XNYS",
+                                                 return_dtype=pl.String),
+        missing_sessions=pl.col("ticker").replace_strict(missing or {}, default=0, return_dtype=pl.Int64))
+    stored = old.select("ticker", old_hash="content_hash", old_file="file") if old is not None else None
+    if stored is not None:
+        stats = stats.join(stored, on="ticker", how="left", maintain_order="left")
+        same = (pl.col("content_hash") == pl.col("old_hash")).fill_null(False)
+        changed = stats.filter(~same)
+        stats = stats.with_columns(file=pl.when(same).then(pl.col("old_file")))
+    else:
+        changed, stats = stats, stats.with_columns(file=pl.lit(None, pl.String))
+    keep = rows.filter(pl.col("ticker").is_in(changed["ticker"].implode())) if changed.height < stats.height else rows
+    jobs, placed = segments.plan(store, keep, changed.select(stats.columns[:5]), old)
+    jobs = [(df, store / rel) for rel, df in jobs if not (store / rel).exists()]
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        list(pool.map(lambda job: write_atomic(*job, compression="lz4"), jobs))  # 2x faster than zstd
-    return pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
-
-
-def _collect(store: Path) -> None:
-    """Remove the older generations no reader pins, then the files no remaining generation names."""
-    gens = _generations(store)
-    for g in gens[:-1]:
-        store_lock.unlink_unpinned(_generation_path(store, g))
-    keep = set(_read_root_manifest(store)["file"])
-    for g in _generations(store):
-        keep.update(pl.read_parquet(_generation_path(store, g))["file"])
-    _remove_unreferenced(store, keep)
-
-
-def _remove_unreferenced(store: Path, keep: set[str]) -> None:
-    """Delete price files no generation names, and temporaries left by a killed writer."""
-    for path in (store / "prices").glob("ticker=*/*"):
-        rel = path.relative_to(store).as_posix()
-        if rel not in keep and (path.suffix == ".parquet" or path.name.endswith(".tmp")):
-            path.unlink(missing_ok=True)
-    for path in [*store.glob(".*.tmp"), *(store / GENERATIONS).glob(".*.tmp")]:
-        if _abandoned(path):
-            path.unlink(missing_ok=True)
-
-
-def _abandoned(tmp: Path) -> bool:
-    """Whether no other live process wrote `tmp` (`.<name>.<pid>.tmp`, see write_atomic). Only the
-    writer writes price files, but a reader may write a cache beside the tables (forecast does)."""
-    pid = tmp.name.split(".")[-2]
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    return False
+        list(pool.map(lambda job: write_atomic(*job, compression="lz4", row_group_size=segments.ROW_GROUP), jobs))
+    moved = placed.join(stats.select("ticker"), on="ticker", how="anti")  # older tickers taken into a new segment
+    new = stats.join(placed, on="ticker", how="left", suffix="_new", maintain_order="left")
+    new = new.with_columns(file=pl.coalesce("file_new", "file"))
+    if old is not None and moved.height:
+        moved = old.join(moved, on="ticker").with_columns(file=pl.col("file_right"))
+        new = pl.concat([new.select(list(MANIFEST_SCHEMA)), moved.select(list(MANIFEST_SCHEMA))])
+    return new.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA)
 
 
 def write_exogenous(store: str | Path, df: pl.DataFrame) -> bool:

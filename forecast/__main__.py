@@ -24,9 +24,14 @@ COMMANDS = {
     "synth": ("synth", "data_pipelines.synthetic:run"),
     "bench backbones": ("bench_backbones", "forecast.model.backbones.bench:backbones"),
     "bench ingest": ("bench_ingest", "data_pipelines.ingest_bench:ingest"),
+    "bench catalogue": ("bench_catalogue", "data_pipelines.catalogue_bench:catalogue"),
+    "bench wide": ("bench_wide", "forecast.data.bench_wide:wide"),
     "predict": ("predict", "forecast.inference.predict:predict"),
     "schedule": ("schedule", "forecast.inference.schedule:schedule"),
     "bench predict": ("bench_predict", "forecast.inference.bench:predict_speed"),
+    "server": ("server", "forecast.tracking.server:serve"),
+    "compare": ("compare", "forecast.tracking.compare:compare"),
+    "compress": ("compress", "forecast.compress.command:compress"),
 }
 USAGE = """usage: python -m forecast <command> [key=value ...] [-m]
 
@@ -37,9 +42,14 @@ commands:
   synth             write a synthetic market with planted signals (conf/synth.yaml)
   bench backbones   tokens/s and memory of every backbone by sequence length
   bench ingest      ingest throughput against a plain pandas pipeline
+  bench catalogue   ingest of a drop of many small files (first, incremental, pandas) (conf/bench_catalogue.yaml)
+  bench wide        memory and speed of multi-ticker training on a wide synthetic store (conf/bench_wide.yaml)
   predict           the next session's forecasts of a registered model into a SQL table (conf/predict.yaml)
   schedule          run `predict catch_up=true` after every close of the model's exchange (conf/schedule.yaml)
   bench predict     seconds of one `predict` over a synthetic store of N tickers
+  server            the team's MLflow tracking server on PostgreSQL; Optuna studies there too (conf/server.yaml)
+  compare           runs side by side from MLflow: a sweep's trials or an experiment, best first (conf/compare.yaml)
+  compress          shrink a trained model to a device's budget: prune, distil, int8 -> ONNX (conf/compress.yaml)
 
 Overrides are Hydra's: data.tickers=[SPX,GOOG] model/backbone=transformer -m for sweeps.
 Add --cfg job to print the composed config."""
@@ -59,6 +69,10 @@ def one_line(error: BaseException) -> str:
 
 
 def fail(message: str) -> None:
+    for command, keys in RENAMED.items():  # name the key as the user wrote it (model=, not model_ref=)
+        if command == os.environ.get(COMMAND_ENV) or command == (sys.argv[1:2] or [""])[0]:
+            for given, internal in keys.items():
+                message = re.sub(rf"^{internal}\b", given, message)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -147,6 +161,34 @@ def make_task(command: str, target: str):
     return task
 
 
+# A command's keys named like a config group (conf/model/): Hydra reads `model=...` as a choice of that
+# group whatever the command's config holds, so the CLI passes them on under the name the config uses.
+RENAMED = {"predict": {"model": "model_ref"}, "schedule": {"model": "model_ref"}, "compress": {"model": "model_ref"},
+           "compare": {"experiment": "experiment_name"}}
+
+
+def renamed(command: str, override: str) -> str:
+    key, sep, value = override.partition("=")
+    new = RENAMED.get(command, {}).get(key)
+    return f"{new}={value}" if sep and new else override
+
+
+# A command's own `--key value` options, passed on as `key='value'` overrides of its config: quoted
+# for Hydra, so a value may hold spaces, `=` and quotes (`--filter "tags.backbone = 'mamba'"`).
+OPTIONS = {"compare": ("format", "filter")}
+
+
+def options(command: str, overrides: list[str]) -> list[str]:
+    out, rest = [], iter(overrides)
+    for o in rest:
+        key, sep, value = o.removeprefix("--").partition("=")
+        if o.startswith("--") and key in OPTIONS.get(command, ()):
+            value = value if sep else next(rest, "")
+            o = f"{key}='" + value.replace("'", "\\'") + "'"
+        out.append(o)
+    return out
+
+
 def main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -156,7 +198,7 @@ def main(argv: list[str]) -> None:
     command = " ".join(argv[:2]) if argv[0] == "bench" and len(argv) > 1 else argv[0]
     if command not in COMMANDS:
         fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
-    overrides = argv[len(command.split()):]
+    overrides = [renamed(command, o) for o in options(command, argv[len(command.split()):])]
     config_name, target = COMMANDS[command]
     from forecast.allocator import retain_freed_memory
 

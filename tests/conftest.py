@@ -28,7 +28,7 @@ def installed(tmp_path_factory) -> dict:
 
     tmp = tmp_path_factory.mktemp("install")
     src, site = tmp / "src", tmp / "site"
-    keep = ["forecast", "data_pipelines", "conf", "data", "pyproject.toml", "setup.py", "README.md"]
+    keep = ["forecast", "data_pipelines", "hydra_plugins", "conf", "data", "pyproject.toml", "setup.py", "README.md"]
     for name in keep:
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))

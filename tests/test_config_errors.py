@@ -93,8 +93,57 @@ BENCH = [
     (["ingest", "variants=[spark]"], "variants"),
     (["ingest", "dirty=2"], "dirty"),
 ]
-CASES = ([("train", *c) for c in TRAIN] + [("evaluate", *c) for c in EVALUATE] + [("ingest", *c) for c in INGEST]
-         + [("synth", *c) for c in SYNTH] + [("bench", *c) for c in BENCH])
+QUALITY = [  # forecast quality (issue 19): calibration and the quantile head
+    (["evaluate.calibrate=isotonic"], "evaluate.calibrate"),
+    (["model/head=quantile", "model.head.quantiles=[0.1,0.9]"], "model.head.quantiles"),
+    (["model/head=quantile", "model.head.quantiles=[0.5,1.5]"], "model.head.quantiles"),
+    (["model/head=quantile", "model.head.quantiles=[0.1,0.5,0.5]"], "model.head.quantiles"),
+]
+COMPARE = [  # reviewing runs (issue 22): `compare`; references to runs are checked in tests/test_compare.py
+    (["order=up"], "order"),
+    (["top=0"], "top"),
+    (["--format", "html"], "format"),
+    (["parent=abc"], "parent"),
+    (["logger.tracking_uri=sqlite:///nowhere.db"], "logger.tracking_uri"),  # no store there: none is created
+]
+PREDICT = [  # daily predictions: the model, store and database are checked in tests/test_predict.py
+    (["model=http://x"], "model"),
+    (["date=someday"], "date"),
+    (["predictions.url=nowhere"], "predictions.url"),
+    (["batch_size=0"], "batch_size"),
+    (["since=soon", "catch_up=true"], "since"),
+]
+SCHEDULE = [(["schedule.delay=soonish"], "schedule.delay"), (["schedule.max_runs=0"], "schedule.max_runs")]
+SCALE = [  # data scale (issue 21): `bench catalogue` and `bench wide`
+    (["catalogue", "files=5"], "files"),
+    (["catalogue", "variants=[reingest]"], "variants"),
+    (["catalogue", "changed=0"], "changed"),
+    (["wide", "tickers=0"], "tickers"),
+    (["wide", "window=1000", "sessions=2000"], "window"),
+    (["wide", "batch_size=-1"], "batch_size"),
+]
+COMPRESS = [
+    (["device=nope"], "device"),  # lists the profiles
+    (["model=0123456789abcdef"], "model"),  # no such run
+    (["budget.speedup=-1"], "budget.speedup"),
+    (["search.students=[{width: 1}]"], "search.students[0].width"),
+    (["search.students=[{backbone: gru}]"], "search.students[0].backbone"),
+    (["device.threads=0"], "device.threads"),
+    (["latency.repeats=1"], "latency.repeats"),
+]
+SERVER = [
+    (["port=70000"], "port"),
+    (["backend=mysql"], "backend"),
+    (["host=0.0.0.0"], "host"),  # not loopback, and no expose=true
+    (["workers=0"], "workers"),
+    (["port=5000", "db_port=5000"], "db_port"),
+    (["startup_timeout=0"], "startup_timeout"),
+]
+CASES = ([("predict", *c) for c in PREDICT] + [("schedule", *c) for c in SCHEDULE]
+         + [("compare", *c) for c in COMPARE] + [("evaluate", *c) for c in QUALITY] + [("train", *c) for c in TRAIN]
+         + [("evaluate", *c) for c in EVALUATE] + [("ingest", *c) for c in INGEST]
+         + [("synth", *c) for c in SYNTH] + [("bench", *c) for c in BENCH] + [("bench", *c) for c in SCALE]
+         + [("compress", *c) for c in COMPRESS] + [("server", *c) for c in SERVER])
 
 
 @pytest.mark.parametrize("command,args,key", CASES, ids=[f"{c}:{' '.join(a)}" for c, a, _ in CASES])
@@ -146,7 +195,8 @@ def test_every_config_option_passes_the_schemas(option, tmp_path):
 
 
 @pytest.mark.parametrize("command,config", [("evaluate", "evaluate"), ("ingest", "ingest"), ("synth", "synth"),
-                                            ("bench backbones", "bench_backbones"), ("bench ingest", "bench_ingest")])
+                                            ("bench backbones", "bench_backbones"), ("bench ingest", "bench_ingest"),
+                                            ("bench catalogue", "bench_catalogue"), ("bench wide", "bench_wide")])
 def test_every_command_config_passes_the_schemas(command, config):
     from forecast.config import check
 

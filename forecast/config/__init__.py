@@ -24,8 +24,12 @@ from forecast.errors import ConfigError
 
 def check(command: str, cfg: DictConfig) -> None:
     """Raise ConfigError(key, message) for the first wrong value of `cfg`, the config of `command`."""
-    from forecast.config.commands import COMMANDS
+    from forecast.config.commands import COMMANDS as OWN
+    from forecast.config.compress import COMMANDS as COMPRESS
+    from forecast.config.inference import COMMANDS as INFERENCE
     from forecast.config.parts import PARTS
+
+    COMMANDS = {**OWN, **INFERENCE, **COMPRESS}
 
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)

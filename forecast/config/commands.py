@@ -7,7 +7,7 @@ import re
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from forecast.config.parts import Name, NonNegInt, PosInt
 from forecast.errors import ConfigError
@@ -101,6 +101,7 @@ class WalkForward(BaseModel):
     ci: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
     n_boot: Annotated[int, Field(ge=10)] = 1000
     workers: PosInt | None = None
+    calibrate: Literal["none", "slope", "shrink", "shrink_mean"] = "none"
 
     @field_validator("baselines")
     @classmethod
@@ -139,6 +140,7 @@ class Ingest(Command):
     max_price: Annotated[float, Field(gt=0.0)] = 1e9
     max_volume: Annotated[float, Field(gt=0.0)] = 1e15
     wait: bool = True
+    incremental: bool = True
     report: Name | None = None
     exogenous: dict = {}
     news: dict = {}
@@ -225,7 +227,99 @@ class BenchIngest(Command):
     out: Name
 
 
+class BenchCatalogue(Command):
+    files: Annotated[int, Field(ge=10)] = 100_000
+    rows_per_file: Annotated[int, Field(ge=4)] = 40
+    years: PosInt = 5
+    dirty: Fraction = 0.01
+    seed: NonNegInt = 0
+    changed: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
+    variants: Annotated[list[Literal["first", "reingest", "verify", "pandas"]], Field(min_length=1)]
+    workdir: Name
+    keep: bool = False
+    out: Name | None = None
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, names: list[str]) -> list[str]:
+        if ("reingest" in names or "verify" in names) and "first" not in names:
+            raise ValueError(f"{names} needs first: reingest and verify compare with the first ingest")
+        return names
+
+
+class BenchWide(Command):
+    tickers: PosInt = 10_000
+    sessions: Annotated[int, Field(ge=100)] = 2500
+    seed: NonNegInt = 0
+    window: Annotated[int, Field(ge=2)] = 64
+    batch_size: PosInt = 1024
+    train_batches: PosInt | None = 50
+    data_epoch: bool = True
+    threads: PosInt | None = None
+    overrides: list[str] = []
+    workdir: Name
+    out: Name | None = None
+
+    @classmethod
+    def cross_check(cls, plain: dict) -> None:
+        if plain["window"] * 3 >= plain["sessions"]:
+            raise ConfigError("window", f"{plain['window']} leaves too few of {plain['sessions']} sessions to split "
+                                        "into train, validation and test; use window < sessions / 3")
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Server(Command):
+    port: Port
+    db_port: Port | None = None
+    data_dir: Name
+    backend: Literal["postgresql", "sqlite"] = "postgresql"
+    host: Name = "127.0.0.1"
+    expose: bool = False
+    allowed_hosts: list[Name] = []
+    workers: PosInt = 2
+    startup_timeout: Annotated[float, Field(gt=0.0)] = 180
+
+    @model_validator(mode="after")
+    def _rules(self) -> Server:
+        from forecast.tracking.server import LOOPBACK, db_port
+
+        if self.host not in LOOPBACK and not self.expose:
+            raise ValueError(f"host: {self.host} is not a loopback address, and MLflow has no authentication "
+                             "unless configured: add expose=true to listen there")
+        if db_port(self.model_dump()) == self.port:
+            raise ValueError(f"db_port: {self.port} is MLflow's port too; choose another")
+        return self
+
+    @classmethod
+    def cross_check(cls, plain: dict) -> None:
+        from forecast.tracking.server import check
+
+        check(plain)
+
+
+class Compare(Command):
+    logger: dict  # a part: checked by its _target_
+    experiment_name: Name  # `experiment=` on the command line (forecast/__main__.py RENAMED)
+    parent: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None  # an MLflow run id
+    filter: Name | None = None
+    sort: Name
+    order: Literal["auto", "asc", "desc"] = "auto"
+    top: PosInt = 20
+    params: list[Name] | None = None
+    metrics: list[Name] = []
+    format: Literal["table", "csv", "markdown"] = "table"
+
+    @classmethod
+    def cross_check(cls, plain: dict) -> None:
+        from forecast.tracking.compare import check
+
+        check(plain)
+
+
 COMMANDS: dict[str, type[Command]] = {
     "train": Train, "evaluate": Evaluate, "ingest": Ingest, "synth": Synth,
-    "bench backbones": BenchBackbones, "bench ingest": BenchIngest,
+    "bench backbones": BenchBackbones, "bench ingest": BenchIngest, "bench catalogue": BenchCatalogue,
+    "bench wide": BenchWide, "server": Server, "compare": Compare,
 }

@@ -191,6 +191,16 @@ class PointHead(Part):
     dropout: Dropout = 0.0
 
 
+class QuantileHead(PointHead):
+    quantiles: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = [0.1, 0.5, 0.9]
+
+    @model_validator(mode="after")
+    def _levels(self):
+        if 0.5 not in self.quantiles or len(set(self.quantiles)) != len(self.quantiles):
+            raise ValueError(f"quantiles: distinct levels including 0.5 (the point forecast), got {self.quantiles}")
+        return self
+
+
 class FactorHead(PointHead):
     n_factors: PosInt = 4
     shared: list[Name] = ["calendar", "exogenous"]
@@ -270,6 +280,7 @@ PARTS: dict[str, type[BaseModel]] = {
     "forecast.model.fusion.FiLMFusion": FiLMFusion,
     "forecast.model.heads.PointHead": PointHead,
     "forecast.model.heads.FactorHead": FactorHead,
+    "forecast.model.heads.QuantileHead": QuantileHead,
     "torch.optim.AdamW": Optimizer,
     "torch.optim.Adam": Optimizer,
     "torch.optim.SGD": Optimizer,

@@ -23,6 +23,7 @@ from data_pipelines.store import read_prices
 from forecast.errors import ConfigError, UserError
 
 FEATURES = ["ret", "gap", "intraday", "range", "dvol"]
+CHUNK = 1 << 20  # rows normalised at a time: float64 temporaries of (CHUNK, F), not (N, F)
 SPLITS = ("train", "val", "test")
 LABELS = ("raw", "cs_demean", "cs_zscore")
 
@@ -31,13 +32,21 @@ def price_features(prices: pl.DataFrame) -> pl.DataFrame:
     """Scale-free price/volume features; the value at session t uses sessions <= t only."""
     prev_close = pl.col("close").shift(1).over("ticker")
     prev_volume = pl.col("volume").shift(1).over("ticker")
-    return prices.sort("ticker", "date").with_columns(
+    return sorted_by_ticker_and_date(prices).with_columns(
         ret=(pl.col("close") / prev_close).log(),
         gap=(pl.col("open") / prev_close).log(),
         intraday=(pl.col("close") / pl.col("open")).log(),
         range=(pl.col("high") / pl.col("low")).log(),
         dvol=(pl.col("volume") + 1).log() - (prev_volume + 1).log(),
     )
+
+
+def sorted_by_ticker_and_date(df: pl.DataFrame) -> pl.DataFrame:
+    """`df` sorted by ticker, then date; not copied when it is already (a store read in ticker order)."""
+    same = pl.col("ticker") == pl.col("ticker").shift(1)
+    ok = df.select(pl.col("ticker").is_sorted().alias("a"),
+                   (same.not_() | (pl.col("date") > pl.col("date").shift(1))).all().alias("b"))
+    return df if all(ok.row(0)) else df.sort("ticker", "date")
 
 
 def add_target(df: pl.DataFrame, horizon: int) -> pl.DataFrame:
@@ -106,8 +115,10 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, idx: list[int]) -> dict[str, torch.Tensor]:
         a = self.anchors[idx]  # (B,)
-        rows = a[:, None] + self.offsets  # (B, L)
-        windows = {name: v[rows] for name, v in self.inputs.items()}  # each (B, L, ...)
+        rows = (a[:, None] + self.offsets).reshape(-1)  # (B * L,)
+        # index_select, not v[rows]: the same values, ~5x faster on CPU for (B * L) rows of a large (N, F)
+        windows = {name: v.index_select(0, rows).view(len(a), len(self.offsets), *v.shape[1:])
+                   for name, v in self.inputs.items()}  # each (B, L, ...)
         return dict(windows, ticker=self.ticker[a], y=self.target[a], row=a, date=self.date[a])
 
 
@@ -172,13 +183,16 @@ class MarketData(L.LightningDataModule):
         if not (Path(self.store) / "manifest.parquet").exists():
             raise UserError(f"data.store: no store at {self.store}; stores found: {find_stores() or 'none'} "
                             "(build one with `python -m forecast ingest path=<files> store=<dir>`)")
+        # open/high/low/volume are not kept: the features and the target are made of them
         df = add_target(price_features(read_prices(self.store, self.tickers)), self.horizon)
+        df = df.drop("open", "high", "low", "volume")
+        df = df.rechunk() if df.n_chunks() > 1 else df  # the statistics sum chunk by chunk: one chunk, as always
         self.val_start, self.test_start = split_dates(df["date"], *self.bounds)
         _check(self.val_start < self.test_start, "val_start",
                f"must be before test_start, got {self.val_start} >= {self.test_start}")
         self._check_label(df["ticker"].unique().to_list())
         self.frame = assign_split(df, self.window, self.purge, self.val_start, self.test_start, *self.fold)
-        counts = {s: self.frame.filter(pl.col("split") == s).height for s in SPLITS}
+        counts = {s: int((self.frame["split"] == s).sum()) for s in SPLITS}
         for s, n in counts.items():
             _check(n > 0, f"{'val' if s == 'train' else s}_start",
                    f"the {s} split is empty (dates {df['date'].min()}..{df['date'].max()}, "
@@ -189,29 +203,38 @@ class MarketData(L.LightningDataModule):
         """Normalisation and target scale from train-period rows only; then one tensor per column."""
         df = self.frame
         fit_rows = (df["date"] < self.val_start) & (df["date"] >= (self.fold[0] or date.min))
-        fit = df.filter(fit_rows)
-        stats = fit.select(*[pl.col(c).drop_nans().mean().alias(c) for c in FEATURES]).row(0), \
-            fit.select(*[pl.col(c).drop_nans().std().alias(c) for c in FEATURES]).row(0)
+        stats = df.select(*[pl.col(c).filter(fit_rows).drop_nans().mean().alias(c) for c in FEATURES]).row(0), \
+            df.select(*[pl.col(c).filter(fit_rows).drop_nans().std().alias(c) for c in FEATURES]).row(0)
         self.feature_mean = np.array(stats[0], dtype=np.float64)
         self.feature_std = np.array([s if s and s > 0 else 1.0 for s in stats[1]], dtype=np.float64)
-        train = (df["split"] == "train").fill_null(False).to_numpy()
-        self.target_mean = float(df.filter(pl.col("split") == "train")["target"].mean())
+        is_train = (df["split"] == "train").fill_null(False)
+        train = is_train.to_numpy()
+        self.target_mean = float(df["target"].filter(is_train).mean())
         label = cross_sectional_label(df, self.label)  # (N,) what the loss sees, before scaling
         demeaned = label if self.label != "cs_zscore" else cross_sectional_label(df, "cs_demean")
         self.target_std = float(np.std(demeaned[train], ddof=1))  # forecasts x this = log-return units
-        x = df.select(FEATURES).to_numpy()
-        x = np.nan_to_num((x - self.feature_mean) / self.feature_std, nan=0.0, posinf=0.0, neginf=0.0)
-        self.inputs = {"x": torch.tensor(x, dtype=torch.float32)}  # (N, F)
+        self.inputs = {"x": torch.from_numpy(self._normalised(df))}  # (N, F)
         self.inputs.update(self._modality_inputs(fit_rows.to_numpy()))
-        self.vocab = sorted(set(df.filter(pl.col("split") == "train")["ticker"].to_list()))
+        self.vocab = sorted(df["ticker"].filter(is_train).unique().to_list())
         ids = {t: i + 1 for i, t in enumerate(self.vocab)}  # 0: a ticker unseen in training
-        self.ticker_ids = torch.tensor([ids.get(t, 0) for t in df["ticker"].to_list()], dtype=torch.long)
+        ticker_ids = df.select(pl.col("ticker").replace_strict(ids, default=0, return_dtype=pl.Int64))
+        self.ticker_ids = torch.tensor(ticker_ids.to_series().to_numpy())  # (N,)
         scale = 1.0 if self.label == "cs_zscore" else self.target_std
         self.targets = torch.tensor(label / scale, dtype=torch.float32)  # (N,) in train-std units
         days = df["date"].cast(pl.Int32).to_numpy()  # days since 1970: the cross-section of a sample
         self.date_ids = torch.tensor(days, dtype=torch.long)
         self.anchors = {s: torch.tensor(np.flatnonzero((df["split"] == s).to_numpy()), dtype=torch.long)
                         for s in SPLITS}
+
+    def _normalised(self, df: pl.DataFrame) -> np.ndarray:
+        """(N, F) float32 price features, z-scored with the training statistics, non-finite -> 0;
+        computed CHUNK rows at a time (the same values as all at once)."""
+        x = np.empty((df.height, len(FEATURES)), dtype=np.float32)
+        for lo in range(0, df.height, CHUNK):
+            part = df.slice(lo, CHUNK).select(FEATURES).to_numpy()  # (<=CHUNK, F) float64
+            x[lo:lo + len(part)] = np.nan_to_num((part - self.feature_mean) / self.feature_std,
+                                                 nan=0.0, posinf=0.0, neginf=0.0)
+        return x
 
     def _modality_inputs(self, fit_rows: np.ndarray) -> dict[str, torch.Tensor]:
         """Per-row inputs of the modalities beyond price and ticker (see forecast/modalities.py)."""

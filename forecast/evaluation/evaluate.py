@@ -28,12 +28,14 @@ from forecast.errors import ConfigError
 from forecast.evaluation import plots
 from forecast.evaluation.backtest import STRATEGIES
 from forecast.evaluation.baselines import baseline_predictions, check_names
+from forecast.evaluation.description import evaluate_description
 from forecast.evaluation.metrics import flat_metrics, point_metrics
+from forecast.evaluation.quantiles import with_trailing_quantiles
 from forecast.evaluation.report import walk_forward_report
 from forecast.evaluation.scoring import forecasters, pred_col, score_walk_forward
 from forecast.evaluation.walk_forward import Fold, fit_predict, fold_data, make_folds
 from forecast.resources import conf_dir
-from forecast.tracking import runs
+from forecast.tracking import review, runs
 
 
 def evaluate(cfg: DictConfig) -> float:
@@ -45,6 +47,7 @@ def evaluate(cfg: DictConfig) -> float:
     experiment_id = runs.connect(cfg.logger)
     with runs.open_run(cfg.get("run_name")) as run_id:
         runs.log_config(cfg, {"evaluate.n_folds": len(folds)})
+        review.tag_run(review.run_tags(cfg, "evaluate"))
         parts, rows, skipped = [], [], {}
         for frame, row, skip, fold_metrics in run_folds(cfg, folds, networks, run_id):
             parts.append(frame)
@@ -56,6 +59,7 @@ def evaluate(cfg: DictConfig) -> float:
         results = score_walk_forward(frame, names, ev, cfg.data.horizon)
         runs.log_metrics(flat_metrics(results))
         text = walk_forward_report(results, skipped)
+        review.describe(evaluate_description(results, skipped, pl.DataFrame(rows), ev, frame["date"].max()))
         log_outputs(frame, pl.DataFrame(rows), names, ev, cfg.data.horizon, text)
     print(text)
     print(runs.footer(cfg.logger.tracking_uri, experiment_id, run_id))
@@ -66,7 +70,9 @@ def log_outputs(frame: pl.DataFrame, folds: pl.DataFrame, names: list[str], ev: 
                 text: str) -> None:
     runs.log_text(text, "report.txt")
     runs.log_figure(plots.plot_cumulative(frame, names, ev, horizon), "plots/cumulative_return.png")
-    runs.log_figure(plots.plot_rolling_ic(frame, names, ev.ic_window), "plots/rolling_ic.png")
+    val_ic = dict(zip(folds["fold"], folds["val_ic_model"])) if "val_ic_model" in folds.columns else {}
+    runs.log_figure(plots.plot_rolling_ic(frame, names, ev.ic_window, val_ic), "plots/rolling_ic.png")
+    runs.log_figure(plots.plot_fold_metrics(frame, names, ev.ic_window), "plots/fold_metrics.png")
     runs.log_figure(plots.plot_scatter(frame), "plots/pred_vs_realised.png")
     runs.log_tables({"predictions/oos_predictions.parquet": frame, "folds.csv": folds})
     plots.close_all()
@@ -158,8 +164,13 @@ def run_fold(cfg: DictConfig, fold: Fold, networks: dict[str, DictConfig], n_fol
                                                         realised=pl.col("target"))
     row = dict(fold=fold.index, **fold.bounds(), **{f"n_{s}": len(a) for s, a in dm.anchors.items()})
     for name, net in networks.items():
-        pred, row[f"val_loss_{name}"] = fit_predict(net, dm, name, fold, parent_id)
-        frame = frame.with_columns(pred.alias("pred" if name == "model" else f"pred_{name}"))
+        pred, info = fit_predict(net, dm, name, fold, parent_id)
+        row.update({f"{k}_{name}": v for k, v in info.items()})
+        if name == "model":
+            frame = frame.with_columns(pred)  # pred, pred_uncalibrated, and q<percent> from a quantile head
+        else:
+            frame = frame.with_columns(pred["pred"].alias(f"pred_{name}"))
+    frame = with_trailing_quantiles(frame, dm, cfg.data.horizon)
     preds, skipped = baseline_predictions(dm.frame, list(cfg.evaluate.baselines))
     frame = frame.with_columns(*[s.alias(f"pred_{n}") for n, s in preds.items()])
     fold_metrics = {}

@@ -35,7 +35,19 @@ def walk_forward_report(results: dict[str, dict[str, float]], skipped: dict[str,
     lines.append("p(<rw mse): Diebold-Mariano p-value that this forecast's MSE is below the random walk's; "
                  "p(model<): that the model's MSE is below this baseline's")
     lines += [f"note: baseline '{n}' skipped: {why}" for n, why in skipped.items()]
+    lines += _quantile_lines(results["model"])
     return "\n".join(lines + [f"verdict: {line}" for line in verdict(results)])
+
+
+def _quantile_lines(m: dict[str, float]) -> list[str]:
+    """The quantile head's interval coverage and pinball loss beside the trailing historical quantiles'."""
+    if "q_coverage" not in m:
+        return []
+    return [f"\n{'quantiles':<13}{'coverage':>10}{'pinball':>12}",
+            f"{'model':<13}{m['q_coverage']:>10.3f}{m['q_pinball']:>12.4g}",
+            f"{'trailing':<13}{m['hq_coverage']:>10.3f}{m['hq_pinball']:>12.4g}",
+            "coverage: share of outcomes inside the outer quantiles (0.1-0.9: 0.8 if calibrated); "
+            "trailing: quantiles of the last 252 realised returns"]
 
 
 def _interval(low: float, high: float) -> str:

@@ -9,9 +9,11 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig
 
+from forecast.evaluation import quantiles
 from forecast.evaluation.backtest import daily_returns, summary
 from forecast.evaluation.baselines import baseline_predictions
 from forecast.evaluation.metrics import ic_series, point_metrics
+from forecast.evaluation.quantiles import column, quantile_levels
 from forecast.evaluation.stats import confidence_interval, diebold_mariano, mean_stat, sharpe_stat
 
 COMPARED = ("mse", "ic", "sharpe")  # the model is better than a baseline only if it wins on all three
@@ -64,7 +66,19 @@ def score_walk_forward(frame: pl.DataFrame, names: list[str], ev: DictConfig,
         if name != "model":
             m["dm_model_p"] = diebold_mariano(model_loss, loss, horizon)[1]
         out[name] = m
+    out["model"].update(quantile_scores(frame))
     return out
+
+
+def quantile_scores(frame: pl.DataFrame) -> dict[str, float]:
+    """The model's quantiles (`q_coverage`, `q_pinball`, ...) beside the trailing historical ones
+    (`hq_...`), on the rows where both exist; empty without a quantile head."""
+    taus = quantile_levels(frame)
+    if not taus:
+        return {}
+    rows = frame.drop_nulls([column(t, p) for t in taus for p in ("q", "hq")])
+    model, hist = quantiles.score(rows, taus, "q"), quantiles.score(rows, taus, "hq")
+    return {**{f"q_{k}": v for k, v in model.items()}, **{f"hq_{k}": v for k, v in hist.items()}}
 
 
 def verdict(results: dict[str, dict[str, float]]) -> list[str]:

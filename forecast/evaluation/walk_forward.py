@@ -13,6 +13,7 @@ forecast exactly once, by the last model trained before it.
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from datetime import date
 
@@ -22,8 +23,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from forecast.errors import ConfigError
+from forecast.evaluation.calibration import calibrated_forecasts
 from forecast.tracking import runs
-from forecast.training.fit import fit, forecast
+from forecast.training.fit import fit
 
 
 @dataclass(frozen=True)
@@ -75,17 +77,19 @@ def fold_data(cfg: DictConfig, fold: Fold, purge: int):
     return dm
 
 
-def fit_predict(cfg: DictConfig, dm, name: str, fold: Fold, parent_id: str) -> tuple[pl.Series, float]:
+def fit_predict(cfg: DictConfig, dm, name: str, fold: Fold, parent_id: str) -> tuple[pl.DataFrame, dict]:
     """Train `cfg.model` on the fold's train split in a nested MLflow run through the one fit path
     (forecast/training/fit.py: best validation checkpoint, the test split chooses nothing), and
-    forecast the test split. The nested run is a child of `parent_id`, also in a worker process.
-    Returns the forecasts in log-return units, in the order of the test anchors, and the best
-    validation loss."""
+    forecast the test split, calibrated on validation as `evaluate.calibrate` says
+    (forecast/evaluation/calibration.py). The nested run is a child of `parent_id`, also in a worker
+    process. Returns the forecasts in log-return units (`pred`, and `q<percent>` from a quantile
+    head), in the order of the test anchors, and {val_loss, scale, val_ic, val_mse_rel, ...}."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = instantiate(cfg.model, dims=dm.dims)
     with runs.open_run(f"fold {fold.index} {name}", parent=parent_id) as run_id:
         runs.set_tags({"fold": fold.index, "network": name})
         runs.log_params({f"fold.{k}": v for k, v in fold.bounds().items()})
         fitted = fit(cfg, dm, model, instantiate(cfg.logger, run_id=run_id))
-        pred = forecast(model, dm.test_dataloader())  # (N,)
-    return dm.predictions_frame("test", pred)["pred"], fitted.val_loss
+        frame, info = calibrated_forecasts(model, dm, str(cfg.evaluate.get("calibrate") or "none"))
+        runs.log_metrics({f"calibration/{k}": v for k, v in info.items() if math.isfinite(v)})
+    return frame.drop("ticker", "date", "realised"), dict(val_loss=fitted.val_loss, **info)

@@ -40,7 +40,8 @@ class Forecaster(L.LightningModule):
         self.make_optimizer, self.make_scheduler = optimizer, scheduler
 
     def forward(self, x: torch.Tensor, ticker: torch.Tensor | None = None, **inputs) -> torch.Tensor:
-        """x (B, L, F) price features; ticker (B,) ids (0 = unseen); returns (B,) scaled forecasts."""
+        """x (B, L, F) price features; ticker (B,) ids (0 = unseen); returns (B,) scaled forecasts, or
+        (B, Q) scaled quantiles from a quantile head (`self.head.point` picks the point forecast)."""
         if ticker is None:
             ticker = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         batch = dict(x=x, ticker=ticker, **inputs)
@@ -64,7 +65,7 @@ class Forecaster(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, pred = self._step(batch, "val")
-        self._val_preds.append((batch["ticker"], batch["date"], pred.detach(), batch["y"]))
+        self._val_preds.append((batch["ticker"], batch["date"], self.head.point(pred).detach(), batch["y"]))
         return loss
 
     def on_validation_epoch_end(self) -> None:

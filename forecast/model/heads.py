@@ -25,6 +25,10 @@ class PointHead(nn.Module):
     def forward(self, h: torch.Tensor, parts: Parts | None = None) -> torch.Tensor:
         return self.proj(self.drop(h[:, -1])).squeeze(-1)  # (B, L, D) -> (B,)
 
+    def point(self, pred: torch.Tensor) -> torch.Tensor:
+        """The point forecast in the head's output: the output itself here, (B,)."""
+        return pred
+
     def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return nn.functional.mse_loss(pred, y)
 
@@ -73,3 +77,35 @@ class FactorHead(PointHead):
         beta = self.loadings(e[:, -1] * m[:, -1, None])  # (B, D) -> (B, K)
         f = sum(self.factors[n](parts[n][0][:, -1] * parts[n][1][:, -1, None]) for n in present)  # (B, K)
         return y + (beta * f).sum(-1)  # (B,)
+
+
+class QuantileHead(PointHead):
+    """Quantiles of the (scaled) forward return, trained with the pinball loss: (B, L, D) -> (B, Q).
+
+    The median is one linear output; each further level is the next one inward plus a softplus
+    increment, so q_0.1 <= q_0.5 <= q_0.9 for every input (non-crossing by construction). `point`
+    gives the median, the forecast that train and evaluate score as `pred`."""
+
+    def __init__(self, d_model: int, dropout: float = 0.0, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)):
+        super().__init__(d_model, dropout)
+        taus = sorted(float(q) for q in quantiles)
+        if 0.5 not in taus or len(set(taus)) != len(taus) or not all(0 < q < 1 for q in taus):
+            raise ValueError(f"quantiles: distinct levels in (0, 1) including 0.5, got {list(quantiles)}")
+        self.taus, self.mid = taus, taus.index(0.5)
+        self.proj = nn.Linear(d_model, len(taus))
+        self.register_buffer("tau", torch.tensor(taus), persistent=False)
+
+    def forward(self, h: torch.Tensor, parts: Parts | None = None) -> torch.Tensor:
+        z = self.proj(self.drop(h[:, -1]))  # (B, Q)
+        gaps = nn.functional.softplus(z)  # (B, Q) positive steps between neighbouring levels
+        median = z[:, self.mid : self.mid + 1]  # (B, 1)
+        below = median - gaps[:, : self.mid].flip(-1).cumsum(-1).flip(-1)  # (B, mid)
+        above = median + gaps[:, self.mid + 1 :].cumsum(-1)  # (B, Q - mid - 1)
+        return torch.cat([below, median, above], dim=-1)  # (B, Q), increasing along Q
+
+    def point(self, pred: torch.Tensor) -> torch.Tensor:
+        return pred[:, self.mid]  # (B, Q) -> (B,)
+
+    def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        d = y[:, None] - pred  # (B, Q)
+        return torch.maximum(self.tau * d, (self.tau - 1) * d).mean()

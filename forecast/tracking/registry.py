@@ -2,6 +2,8 @@
 
 "Better" is a lower validation loss (`val/best_loss` of the run), never a test metric. Losses are in
 units of the training target's standard deviation, so compare runs on the same data configuration.
+A compressed model (`compress`) is registered with `register`: it met its device's budget, and its
+alias (the device) moves to it.
 """
 from __future__ import annotations
 
@@ -29,3 +31,10 @@ def promote(name: str, alias: str, run_id: str, model_uri: str, val_loss: float)
         return f"registered {name} v{mv.version}: now @{alias} (val loss {val_loss:.6g} < {held_loss:.6g})"
     return (f"registered {name} v{mv.version}; @{alias} stays on v{held_by} "
             f"(val loss {val_loss:.6g} >= {held_loss:.6g})")
+
+
+def register(name: str, alias: str, model_uri: str, tags: dict[str, str]) -> str:
+    """Register `model_uri` as a new version of `name` and move `alias` to it."""
+    mv = mlflow.register_model(model_uri, name, tags=tags)
+    MlflowClient().set_registered_model_alias(name, alias, mv.version)
+    return f"registered {name} v{mv.version}: now @{alias}"

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from packaging.requirements import Requirement
 
 from forecast.errors import ConfigError, UserError
+from forecast.tracking.review import run_url, tag_experiment, ui_base
 from forecast.training.checkpoint import checkpoint_dir
 
 
@@ -31,9 +32,12 @@ def flatten(d, prefix: str = "") -> dict[str, str]:
 
 
 def connect(logger: DictConfig) -> str:
-    """Point MLflow at `logger.tracking_uri` and its experiment; returns the experiment id."""
+    """Point MLflow at `logger.tracking_uri` and its experiment (tagged for the model-training view,
+    forecast/tracking/review.py); returns the experiment id."""
     mlflow.set_tracking_uri(logger.tracking_uri)
-    return mlflow.set_experiment(logger.experiment_name).experiment_id
+    experiment_id = mlflow.set_experiment(logger.experiment_name).experiment_id
+    tag_experiment(experiment_id)
+    return experiment_id
 
 
 @contextlib.contextmanager
@@ -70,6 +74,11 @@ def log_text(text: str, path: str) -> None:
     mlflow.log_text(text, path)
 
 
+def log_file(local: str | Path, folder: str | None = None) -> None:
+    """A local file as an artifact of the active run, under `folder`."""
+    mlflow.log_artifact(str(local), folder)
+
+
 def log_figure(figure, path: str) -> None:
     mlflow.log_figure(figure, path)
 
@@ -82,6 +91,14 @@ def log_tables(tables: dict[str, pl.DataFrame]) -> None:
             frame.write_parquet(local) if local.suffix == ".parquet" else frame.write_csv(local)
             folder = str(Path(path).parent)
             mlflow.log_artifact(str(local), None if folder == "." else folder)
+
+
+def load_table(tracking_uri: str, run_id: str, path: str) -> pl.DataFrame:
+    """A table a run logged with `log_tables` (`.parquet` or `.csv` by the path's suffix)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp)
+        return pl.read_parquet(local) if path.endswith(".parquet") else pl.read_csv(local)
 
 
 def log_model(model, input_example) -> str:
@@ -165,10 +182,11 @@ def resume_target(experiment_id: str, resume: str, root: str) -> tuple[str, Path
 
 
 def footer(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """Where to look at the run, and the machine-readable last line of train and evaluate."""
-    return (f"view: mlflow ui --backend-store-uri {tracking_uri}  ->  "
-            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}\n"
-            f"run_id={run_id} tracking_uri={tracking_uri}")
+    """Where to look at the run (a link that opens MLflow's model-training view), and the
+    machine-readable last line of train and evaluate."""
+    served = ui_base(tracking_uri) == tracking_uri.rstrip("/")  # a tracking server serves its own UI
+    how = "" if served else f"mlflow ui --backend-store-uri {tracking_uri}  ->  "
+    return f"view: {how}{run_url(tracking_uri, experiment_id, run_id)}\nrun_id={run_id} tracking_uri={tracking_uri}"
 
 
 # --- what `predict` reads: a model reference, its run's stored state ---------------------------------

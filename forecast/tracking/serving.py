@@ -13,13 +13,12 @@ forecast/inference/features.py builds them from stored statistics):
 
 (the ones of the model's modalities; news enters as token ids or pre-embedded, K may vary). A
 `TensorSpec` signature names each; the output is a frame of `forecast` (log-return units) and
-`direction` (its sign) per sample.
+`direction` (its sign) per sample, plus `q10`, `q50`, ... when the model has a quantile head.
 """
 from __future__ import annotations
 
 import json
 import tempfile
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -31,11 +30,13 @@ from forecast.tracking.runs import requirements
 
 STATE = "predict/state.json"  # run artifact: MarketData.predict_state()
 VARIABLE_WIDTH = ("news_tokens", "news_weights")  # last axis: the most n-grams of a session in the batch
-# The TensorSpec signature checks the inputs; MLflow's type-hint validation has no type for a dict of arrays.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
 
 
 class ForecastModel(mlflow.pyfunc.PythonModel):
+    # The TensorSpec signature checks the inputs; MLflow's type-hint validation (and its warning that
+    # `predict` has no type hints) has no type for a dict of arrays, and this flag opts out of it.
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         import torch
 
@@ -48,16 +49,26 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
 
         batch = {k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()}  # each (B, ...)
         with torch.no_grad():
-            pred = self.module(**batch).double().numpy() * self.scale  # (B,) log-return units
-        return pd.DataFrame({"forecast": pred, "direction": np.sign(pred).astype(np.int64)})
+            raw = self.module(**batch).double()  # (B,), or (B, Q) from a quantile head
+        point = (raw if raw.dim() == 1 else self.module.head.point(raw)).numpy() * self.scale  # (B,) log returns
+        out = {"forecast": point, "direction": np.sign(point).astype(np.int64)}
+        for j, tau in enumerate(quantile_levels(self.module) if raw.dim() == 2 else []):
+            out[f"q{round(tau * 100)}"] = raw[:, j].numpy() * self.scale
+        return pd.DataFrame(out)
 
 
-def signature(example: dict[str, np.ndarray]) -> ModelSignature:
+def quantile_levels(module) -> list[float]:
+    """The levels of a quantile head (`q10`, `q50`, `q90` outputs), none for a point head."""
+    return list(getattr(module.head, "taus", []))
+
+
+def signature(example: dict[str, np.ndarray], taus: list[float]) -> ModelSignature:
     """Named TensorSpecs with a free batch axis (and a free n-gram axis for news token inputs)."""
     specs = [TensorSpec(v.dtype, (-1, *v.shape[1:-1], -1) if k in VARIABLE_WIDTH else (-1, *v.shape[1:]), k)
              for k, v in example.items()]
-    return ModelSignature(inputs=Schema(specs), outputs=Schema([ColSpec("double", "forecast"),
-                                                                ColSpec("long", "direction")]))
+    outputs = [ColSpec("double", "forecast"), ColSpec("long", "direction"),
+               *[ColSpec("double", f"q{round(t * 100)}") for t in taus]]
+    return ModelSignature(inputs=Schema(specs), outputs=Schema(outputs))
 
 
 def log_pyfunc(model, state: dict, batch: dict) -> str:
@@ -70,11 +81,12 @@ def log_pyfunc(model, state: dict, batch: dict) -> str:
     example = {k: v[:2].numpy() for k, v in batch.items() if k not in NOT_INPUTS}
     mlflow.log_dict(state, STATE)
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(model.cpu().eval(), Path(tmp) / "module.pt")
-        (Path(tmp) / "state.json").write_text(json.dumps(state))
-        info = mlflow.pyfunc.log_model(name="pyfunc", python_model=ForecastModel(), signature=signature(example),
-                                       artifacts={"module": str(Path(tmp) / "module.pt"),
-                                                  "state": str(Path(tmp) / "state.json")},
-                                       input_example=example, pip_requirements=requirements())
+        files = {"module": Path(tmp) / "module.pt", "state": Path(tmp) / "state.json"}
+        torch.save(model.cpu().eval(), files["module"])
+        files["state"].write_text(json.dumps(state))
+        info = mlflow.pyfunc.log_model(name="pyfunc", python_model=ForecastModel(),
+                                       artifacts={k: str(v) for k, v in files.items()},
+                                       signature=signature(example, quantile_levels(model)), input_example=example,
+                                       pip_requirements=requirements())
     mlflow.set_tag("forecast.pyfunc_uri", info.model_uri)
     return info.model_uri

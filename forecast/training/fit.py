@@ -1,4 +1,5 @@
-"""THE fit / best-checkpoint / forecast path: `train`, every walk-forward fold and `predict` use it.
+"""THE fit / best-checkpoint / forecast path: `train`, every walk-forward fold, `predict` and the
+students and pruned models of `compress` use it.
 
 `fit` builds the Trainer from config (callbacks from `cfg.callbacks`, atomic checkpoint writes),
 fits, and loads the weights of the epoch with the best validation loss into the model: the test
@@ -28,10 +29,11 @@ class Fitted:
 
 
 def fit(cfg: DictConfig, dm: L.LightningDataModule, model: L.LightningModule, logger,
-        ckpt: str | Path | None = None) -> Fitted:
-    """Trainer.fit (resuming from `ckpt` when given), then the best epoch's weights into `model`."""
+        ckpt: str | Path | None = None, extra_callbacks: list | None = None) -> Fitted:
+    """Trainer.fit (resuming from `ckpt` when given), then the best epoch's weights into `model`.
+    `extra_callbacks`: built objects beside those of `cfg.callbacks` (a caller's progress bar)."""
     io = AtomicCheckpointIO()
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + list(extra_callbacks or [])
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=[io])
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt is None else str(ckpt))

@@ -9,15 +9,18 @@ import sys
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from forecast.errors import ConfigError
 from forecast.evaluation.baselines import check_names
-from forecast.evaluation.metrics import flat_metrics
+from forecast.evaluation.description import train_description
+from forecast.evaluation.metrics import flat_metrics, rank_metrics
+from forecast.evaluation.quantiles import with_head_quantiles
 from forecast.evaluation.report import point_report
 from forecast.evaluation.scoring import score_points, with_baselines
-from forecast.tracking import registry, runs, serving
-from forecast.tracking.sweep import PARENT_RUN_ENV
+from forecast.tracking import registry, review, runs, serving
+from forecast.tracking.sweep import PARENT_RUN_ENV, trial_tags
 from forecast.training.fit import fit, forecast
 from forecast.training.transfer import load_pretrained
 
@@ -35,22 +38,27 @@ def train(cfg: DictConfig) -> float:
     if cfg.get("init_from") and ckpt is None:
         print(load_pretrained(model, runs.load_model(str(cfg.init_from)), str(cfg.init_from),
                               list(cfg.get("freeze") or [])))
-    if os.environ.get("LOCAL_RANK", "0") != "0":  # a DDP worker: it trains, rank 0 logs and tests
+    if rank_zero_only.rank != 0:  # a DDP worker (Lightning's RANK/LOCAL_RANK, a SLURM task): rank 0 logs and tests
         fit(cfg, dm, model, instantiate(cfg.logger), None)
         return math.nan
     # A sweep's trials learn their parent run from the environment: Hydra's launchers (joblib, a
     # cluster) start them in other processes, where no argument of ours can reach them.
     parent = os.environ.get(PARENT_RUN_ENV)
-    with runs.open_run(cfg.get("run_name"), run_id, parent) as run_id:
+    with runs.open_run(cfg.get("run_name") or review.run_name(cfg, "train"), run_id, parent,
+                       tags=trial_tags()) as run_id:
         if ckpt is None:
             runs.log_config(cfg, data_params(dm))
+        review.tag_run(review.run_tags(cfg, "train"))
         fitted = fit(cfg, dm, model, instantiate(cfg.logger, run_id=run_id), ckpt)
-        frame = dm.predictions_frame("test", forecast(model, dm.test_dataloader()))
+        raw = forecast(model, dm.test_dataloader())  # (N,), or (N, Q) from a quantile head
+        frame = with_head_quantiles(dm.predictions_frame("test", model.head.point(raw)), raw, model.head,
+                                    dm.target_std)
         frame = with_baselines(frame, dm.frame, list(cfg.get("baselines", [])))
-        results = score_points(frame)
-        runs.log_metrics({**flat_metrics(results), "val/best_loss": fitted.val_loss,
+        results, val_ic = score_points(frame), validation_ic(model, dm, fitted.trainer)
+        runs.log_metrics({**flat_metrics(results), "val/best_loss": fitted.val_loss, "val/best_ic": val_ic,
                           "perf/checkpoint_fraction": fitted.checkpoint_fraction})
-        uri = log_outputs(frame, model, dm)
+        review.describe(train_description(results, frame, dict(loss=fitted.val_loss, ic=val_ic)))
+        uri = log_outputs(frame, model, dm, val_ic)
         if cfg.get("register") and not parent:  # in a sweep, forecast.tracking.sweep registers the best trial
             print(registry.promote(cfg.registry.model, cfg.registry.alias, run_id, uri, fitted.val_loss))
     print(point_report(results))
@@ -74,11 +82,21 @@ def data_params(dm) -> dict[str, str]:
                           "data.tickers_resolved": ",".join(dm.frame["ticker"].unique().sort())})
 
 
-def log_outputs(frame, model, dm) -> str:
-    """The test forecasts (plot and Parquet) and the model; returns the model's URI."""
-    from forecast.evaluation.plots import plot_predictions
+def validation_ic(model, dm, trainer) -> float:
+    """The IC of the chosen checkpoint's validation forecasts (NaN under DDP: each rank holds a shard)."""
+    if trainer.world_size > 1:
+        return math.nan
+    return rank_metrics(dm.predictions_frame("val", model.head.point(forecast(model, dm.val_dataloader()))))["ic"]
+
+
+def log_outputs(frame, model, dm, val_ic: float) -> str:
+    """The test forecasts (plots and Parquet) and the model; returns the model's URI."""
+    from forecast.evaluation.plots import close_all, plot_predictions, plot_rolling_ic
+    from forecast.evaluation.scoring import forecasters
 
     runs.log_figure(plot_predictions(frame), "plots/test_predictions.png")
+    runs.log_figure(plot_rolling_ic(frame, forecasters(frame), 63, {0: val_ic}), "plots/rolling_ic.png")
+    close_all()
     runs.log_tables({"predictions/test_predictions.parquet": frame})
     example = next(iter(dm.test_dataloader()))["x"][:2].numpy()  # (2, L, F)
     serving.log_pyfunc(model, dm.predict_state(), next(iter(dm.test_dataloader())))  # for predict and serving

@@ -67,9 +67,13 @@ class Stack(nn.Module):
 
     Declared capabilities, read by the code that needs them instead of probing with hasattr:
     `CAN_STEP`: `step(x_t, state)` gives forward's outputs one position at a time (tested for every
-    backbone), what incremental daily inference needs."""
+    backbone), what incremental daily inference needs.
+    `EXPORTABLE`: how `torch.onnx.export` (dynamo) captures the backbone, established per backbone by
+    tests/test_compress_export.py: "dynamic" (any batch and time length), "fixed" (any batch, the time
+    length it was exported with: a chunked or looped scan specialises it), None (not exportable)."""
 
     CAN_STEP = True
+    EXPORTABLE: str | None = None
 
     def __init__(self, d_model: int, mixers: list[nn.Module], dropout: float = 0.0):
         super().__init__()

@@ -67,6 +67,8 @@ class LinearAttentionMixer(nn.Module):
 class LinearAttention(Stack):
     """Per layer: linear attention then an MLP, each a residual pre-norm sublayer."""
 
+    EXPORTABLE = "fixed"  # the chunked form branches on the length
+
     def __init__(self, d_model: int, n_layers: int = 2, dropout: float = 0.0, n_heads: int = 4,
                  decay: str = "gate", mlp_ratio: float = 4.0, chunk: int = 64):
         mixers = []

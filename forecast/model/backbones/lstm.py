@@ -23,5 +23,7 @@ class LSTMMixer(nn.Module):
 class LSTM(Stack):
     """Stack of residual LSTM layers with RMSNorm and a final norm."""
 
+    EXPORTABLE = "dynamic"
+
     def __init__(self, d_model: int, n_layers: int = 2, dropout: float = 0.0):
         super().__init__(d_model, [LSTMMixer(d_model) for _ in range(n_layers)], dropout)

@@ -88,6 +88,8 @@ class MambaMixer(nn.Module):
 class Mamba(Stack):
     """Stack of Mamba-1 blocks (mixer only, as in the paper) with RMSNorm and a final norm."""
 
+    EXPORTABLE = "fixed"  # the chunked scan loops over chunks: the time length is traced in
+
     def __init__(self, d_model: int, n_layers: int = 2, dropout: float = 0.0, d_state: int = 16,
                  d_conv: int = 4, expand: int = 2, chunk: int = 64, impl: str = "auto"):
         mixers = [MambaMixer(d_model, d_state, d_conv, expand, chunk=chunk, impl=impl) for _ in range(n_layers)]

@@ -81,6 +81,8 @@ class Mamba2Mixer(nn.Module):
 class Mamba2(Stack):
     """Stack of Mamba-2 blocks (mixer only, as in the paper) with a final norm."""
 
+    EXPORTABLE = "fixed"  # the chunked SSD branches on the length
+
     def __init__(self, d_model: int, n_layers: int = 2, dropout: float = 0.0, d_state: int = 64,
                  d_conv: int = 4, expand: int = 2, headdim: int = 64, chunk: int = 64, impl: str = "auto"):
         mixers = [Mamba2Mixer(d_model, d_state, d_conv, expand, headdim, chunk, impl) for _ in range(n_layers)]

@@ -189,6 +189,8 @@ def resolve_impl(impl: str, x: torch.Tensor) -> str:
         raise RuntimeError("impl=cpu needs a C compiler (cc, or $CC) to build the CPU scan kernel")
     if impl != "auto":
         return impl
+    if torch.compiler.is_exporting():  # an exported graph (ONNX) holds no compiled kernel: the tested torch path
+        return "torch"
     if x.is_cuda:
         try:
             cuda_kernels()

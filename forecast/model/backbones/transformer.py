@@ -51,6 +51,8 @@ class CausalSelfAttention(nn.Module):
 class Transformer(Stack):
     """Pre-norm causal Transformer: per layer, attention then an MLP, each residual."""
 
+    EXPORTABLE = "dynamic"
+
     def __init__(self, d_model: int, n_layers: int = 2, dropout: float = 0.0, n_heads: int = 4,
                  mlp_ratio: float = 4.0):
         mixers = []

@@ -31,6 +31,13 @@ class NewsEncoder(nn.Module):
         if tokens is None:
             return out, torch.zeros(B, L, dtype=torch.bool, device=out.device)
         mask = (tokens > 0).any(-1)  # (B, L)
+        if torch.compiler.is_exporting():  # no data-dependent shapes: every step, masked after; the bag as a
+            # gather and a weighted sum (ONNX lowers EmbeddingBag to a loop over the rows)
+            ids = torch.where(tokens > 0, (tokens.long() - 1) % self.n_buckets + 1, 0).flatten(0, 1)  # (B*L, K)
+            w = batch["news_weights"].flatten(0, 1) * (ids > 0)  # (B*L, K): padding adds nothing, as in the bag
+            rows = nn.functional.embedding(ids, self.bag.weight)  # (B*L, K, E): a Gather (int8-quantisable)
+            emb = self.mlp((rows * w[..., None]).sum(1))  # (B*L, D)
+            return emb.view(B, L, -1) * mask[..., None], mask
         tok, w = tokens[mask].long(), batch["news_weights"][mask]  # (M, K) for the M steps with news
         ids = torch.where(tok > 0, (tok - 1) % self.n_buckets + 1, 0)  # fold hashed ids into the buckets
         if len(ids):
