@@ -16,6 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY
+from forecast.tracking.runs import load_model
 
 FAST = [*TINY, "model/backbone=transformer"]
 RUN: dict = {}  # env and cwd of the installed copy
@@ -127,10 +128,12 @@ def test_optuna_sweep_is_one_parent_with_three_children_and_a_champion(tmp_path)
     assert champion.run_id == best.info.run_id
     # the champion gives exactly the predictions its run logged
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pytorch.load_model("models:/forecast@champion")
+    model = load_model("models:/forecast@champion")  # the torch module of the champion's run
     logged = pl.read_parquet(client.download_artifacts(best.info.run_id, "predictions/test_predictions.parquet",
                                                        str(tmp_path)))
     _check_predictions(model, best, logged)
+    served = mlflow.pyfunc.load_model("models:/forecast@champion")  # the registered version is the pyfunc
+    assert {s.name for s in served.metadata.signature.inputs.inputs} >= {"x", "ticker"}
 
 
 def _check_predictions(model, run, logged):

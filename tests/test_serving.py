@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from test_predict import trained_model
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -24,12 +23,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """(model info, the champion's pyfunc URI, the loaded pyfunc)."""
+    """(model info, the champion's URI, the loaded pyfunc): the registered version is the pyfunc."""
     model = trained_model(tmp_path_factory)
     mlflow.set_tracking_uri(model["tracking_uri"])
-    client = MlflowClient(model["tracking_uri"])
-    run_id = client.get_model_version_by_alias("forecast", "champion").run_id
-    uri = client.get_run(run_id).data.tags["forecast.pyfunc_uri"]
+    uri = "models:/forecast@champion"
     return model, uri, mlflow.pyfunc.load_model(uri)
 
 

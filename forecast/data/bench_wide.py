@@ -116,11 +116,7 @@ def child(args: dict) -> None:
     next(iter(dm.train_dataloader()))  # (B, L, F) windows of the first batch
     out.update(first_batch_s=round(time.perf_counter() - start, 2))
     if args["data_epoch"]:
-        t, n = time.perf_counter(), 0
-        for batch in dm.train_dataloader():  # every window of the epoch, gathered batch by batch
-            n += batch["y"].shape[0]
-        out.update(data_epoch_windows=n, data_epoch_s=round(time.perf_counter() - t, 1),
-                   data_epoch_windows_per_s=round(n / max(time.perf_counter() - t, 1e-9)), after_data_epoch=_memory())
+        out.update(_data_epoch(dm))
     model = instantiate(cfg.model, dims=dm.dims)
     first = _first_batch(L.Callback)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=args["train_batches"] or 1.0,
@@ -134,6 +130,15 @@ def child(args: dict) -> None:
                after_train=_memory())
     out["peak_rss_mb"] = _memory()["peak_rss_mb"]
     print(json.dumps(out))
+
+
+def _data_epoch(dm) -> dict:
+    """Every window of one training epoch, gathered batch by batch, without a model."""
+    t, n = time.perf_counter(), 0
+    for batch in dm.train_dataloader():
+        n += batch["y"].shape[0]
+    return dict(data_epoch_windows=n, data_epoch_s=round(time.perf_counter() - t, 1),
+                data_epoch_windows_per_s=round(n / max(time.perf_counter() - t, 1e-9)), after_data_epoch=_memory())
 
 
 def _tensors(dm) -> list:

@@ -116,8 +116,16 @@ def requirements() -> list[str]:
 
 
 def model_uri(source: str) -> str:
-    """`<run id>` -> `runs:/<run id>/model`; URIs (`runs:/..`, `models:/..`) as given."""
-    return source if "://" in source or source.startswith("models:/") else f"runs:/{source}/model"
+    """`<run id>` -> `runs:/<run id>/model`; `models:/<name>@<alias>` or `models:/<name>/<version>` ->
+    the `model` artifact of the version's run (a registered version is the pyfunc, forecast/tracking/
+    serving.py; the torch module sits beside it); other URIs as given."""
+    if source.startswith("models:/"):
+        name, sep, alias = source.removeprefix("models:/").partition("@")
+        name, _, version = name.partition("/")
+        client = MlflowClient()
+        mv = client.get_model_version_by_alias(name, alias) if sep else client.get_model_version(name, version)
+        return f"runs:/{mv.run_id}/model"
+    return source if "://" in source else f"runs:/{source}/model"
 
 
 def load_model(source: str):

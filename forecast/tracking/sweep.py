@@ -82,7 +82,7 @@ class MLflowSweep(Callback):
     def _register(self, client, best) -> None:
         from forecast.tracking.registry import promote
 
-        uri = f"runs:/{best.info.run_id}/model"
+        uri = best.data.tags.get("forecast.pyfunc_uri", f"runs:/{best.info.run_id}/model")
         print(promote(self.registered_model, self.alias, best.info.run_id, uri, best.data.metrics[METRIC]))
 
 

@@ -90,7 +90,8 @@ def validation_ic(model, dm, trainer) -> float:
 
 
 def log_outputs(frame, model, dm, val_ic: float) -> str:
-    """The test forecasts (plots and Parquet) and the model; returns the model's URI."""
+    """The test forecasts (plots and Parquet), the torch model and its pyfunc; returns the pyfunc's URI,
+    the one a registered version points to (so `mlflow models serve -m models:/..` takes named inputs)."""
     from forecast.evaluation.plots import close_all, plot_predictions, plot_rolling_ic
     from forecast.evaluation.scoring import forecasters
 
@@ -99,8 +100,8 @@ def log_outputs(frame, model, dm, val_ic: float) -> str:
     close_all()
     runs.log_tables({"predictions/test_predictions.parquet": frame})
     example = next(iter(dm.test_dataloader()))["x"][:2].numpy()  # (2, L, F)
-    serving.log_pyfunc(model, dm.predict_state(), next(iter(dm.test_dataloader())))  # for predict and serving
-    return runs.log_model(model, example)
+    runs.log_model(model, example)  # the torch module: init_from, predict, compress load it
+    return serving.log_pyfunc(model, dm.predict_state(), next(iter(dm.test_dataloader())))
 
 
 def stored_config(run_id: str, cfg: DictConfig) -> DictConfig:
