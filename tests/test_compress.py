@@ -47,6 +47,7 @@ def test_compress_logs_registers_and_predict_uses_it(model, tmp_path, capsys):
     client = MlflowClient(model["tracking_uri"])
     run = client.get_run(run_id)
     assert run.data.tags["forecast.source_run"] == model["run_id"]
+    assert run.data.tags["mlflow.note.content"].startswith("**compress**: ")  # the verdict on the Overview tab
     assert run.data.metrics["compress/size_ratio"] == pytest.approx(float(size_ratio), rel=1e-2)
     artifacts = {a.path for a in client.list_artifacts(run_id, "compressed")}
     assert artifacts == {"compressed/model.onnx"}

@@ -122,7 +122,7 @@ def reference(ctx: Context) -> None:
 
 def finish(ctx: Context, cands: list, run_id: str) -> tuple[int, str]:
     """Print and log the report; log (and register) the pick. Returns (exit code, last lines)."""
-    from forecast.tracking import runs
+    from forecast.tracking import review, runs
 
     chosen = search.pick(cands)
     best = chosen or search.closest(cands)
@@ -132,6 +132,7 @@ def finish(ctx: Context, cands: list, run_id: str) -> tuple[int, str]:
     print(text)
     print(verdict)
     runs.log_text(f"{ctx.device.describe()}\n\n{text}\n\n{verdict}\n", "compress/report.md")
+    review.describe(f"**compress**: {verdict}\n\n{ctx.device.describe()}\n\n{text}\n")  # the run's Overview
     runs.log_tables({"compress/candidates.csv": frame})
     runs.set_tags({"forecast.compress.met": str(chosen is not None).lower(), "forecast.compress.pick": best.name})
     runs.log_metrics(_metrics(ctx, best))
