@@ -70,10 +70,13 @@ class Stack(nn.Module):
     backbone), what incremental daily inference needs.
     `EXPORTABLE`: how `torch.onnx.export` (dynamo) captures the backbone, established per backbone by
     tests/test_compress_export.py: "dynamic" (any batch and time length), "fixed" (any batch, the time
-    length it was exported with: a chunked or looped scan specialises it), None (not exportable)."""
+    length it was exported with: a chunked or looped scan specialises it), None (not exportable).
+    `GROWING_STATE`: the step state grows with each position (a KV cache), so no fixed-shape step
+    function can be exported (forecast/compress/step.py)."""
 
     CAN_STEP = True
     EXPORTABLE: str | None = None
+    GROWING_STATE = False
 
     def __init__(self, d_model: int, mixers: list[nn.Module], dropout: float = 0.0):
         super().__init__()

@@ -52,6 +52,7 @@ class Transformer(Stack):
     """Pre-norm causal Transformer: per layer, attention then an MLP, each residual."""
 
     EXPORTABLE = "dynamic"
+    GROWING_STATE = True  # the step state is a KV cache, one position longer each step
 
     def __init__(self, d_model: int, n_layers: int = 2, dropout: float = 0.0, n_heads: int = 4,
                  mlp_ratio: float = 4.0):
