@@ -180,8 +180,10 @@ def judge(ctx, c: Candidate) -> list[str]:
         misses.append(f"{ref.bytes / c.bytes:.2f}x smaller < {b.size_ratio:g}x")
     if b.speedup and ref.latency["p50_ms"] / c.latency["p50_ms"] < b.speedup:
         misses.append(f"{ref.latency['p50_ms'] / c.latency['p50_ms']:.2f}x faster < {b.speedup:g}x")
-    if b.ic_ratio and not c.val_ic >= b.ic_ratio * ref.val_ic:
-        misses.append(f"val IC {c.val_ic / ref.val_ic:.1%} of the teacher's < {b.ic_ratio:.0%}")
+    # keep ic_ratio of the teacher's val IC; a teacher with a negative one: lose at most (1 - ic_ratio) of it
+    floor = ref.val_ic - (1 - b.ic_ratio) * abs(ref.val_ic) if b.ic_ratio else None
+    if floor is not None and not c.val_ic >= floor:
+        misses.append(f"val IC {c.val_ic:.4f} < {floor:.4f} ({b.ic_ratio:.0%} of the teacher's {ref.val_ic:.4f})")
     return misses
 
 
