@@ -11,6 +11,12 @@ The noise has a market factor and sector factors, GARCH(1,1) volatility clusteri
 regime (calm / stressed) that scales volatility and drift. macro.csv also holds CPI, a monthly
 random walk with a 45-day publication lag and no signal (a decoy for look-ahead bugs).
 
+A planted break (`drift.date`, `drift.kind`), for monitoring: from the first session on or after the
+date every planted component's sign flips (`flip`), or fades linearly to zero over `drift.sessions`
+sessions (`decay`), or (`shift`) the published level of one exogenous series (`drift.series`) jumps
+by `drift.size` of its standard deviations, as a vendor's change of definition would: the returns
+still follow the unshifted series, so the inputs drift while the relation does not.
+
 Written: prices/<TICKER>.csv (Yahoo, Stooq or mixed layouts; with `split`, the first ticker has a
 2:1 split that only Adj Close undoes), macro.csv, lag_days.json (CPI's lag, read by `ingest`),
 news.csv and oracle.json, which holds the IC that a perfect model of each component reaches on these
@@ -69,8 +75,30 @@ def garch(rng, shape: tuple, base: float, alpha=0.08, beta=0.9) -> tuple[np.ndar
     return eps, vol
 
 
-def simulate(n: int, days: np.ndarray, seed: int, strength: dict, news_rate: float) -> dict:
-    """Returns (T, N), components (T, N) each, LEAD (T,), news events, as arrays."""
+def break_index(days: np.ndarray, drift: dict | None) -> int | None:
+    """The first session on or after `drift.date` (None: no break, or a date past the grid)."""
+    if not drift or not drift.get("date"):
+        return None
+    i = int(np.searchsorted(days, np.datetime64(str(drift["date"]), "D")))
+    return i if i < len(days) else None
+
+
+def loading_factor(T: int, at: int | None, drift: dict | None) -> np.ndarray:
+    """(T,) multiplier of every planted component: 1, then -1 (`flip`) or a linear fade to 0 (`decay`)."""
+    m = np.ones(T)
+    if at is None or drift["kind"] == "shift":
+        return m
+    if drift["kind"] == "flip":
+        m[at:] = -1.0
+    else:  # decay
+        m[at:] = np.clip(1.0 - (np.arange(T - at) + 1) / max(int(drift.get("sessions", 20)), 1), 0.0, 1.0)
+    return m
+
+
+def simulate(n: int, days: np.ndarray, seed: int, strength: dict, news_rate: float,
+             factor: np.ndarray | None = None) -> dict:
+    """Returns (T, N), components (T, N) each, LEAD (T,), news events, as arrays; `factor` (T,)
+    multiplies every planted component (a break)."""
     rng = np.random.default_rng(seed)
     T = len(days)
     stay = {0: 0.99, 1: 0.95}
@@ -96,10 +124,13 @@ def simulate(n: int, days: np.ndarray, seed: int, strength: dict, news_rate: flo
     has_news = rng.random((T, n)) < news_rate
     sentiment = np.where(has_news, rng.choice([-1, 0, 1], size=(T, n), p=[0.35, 0.3, 0.35]), 0)
     comp["news"][1:] = strength["news"] * sigma[1:] * sentiment[:-1]
+    m = np.ones(T) if factor is None else factor  # (T,)
+    for k in ("exogenous", "calendar", "news"):
+        comp[k] *= m[:, None]
     r = np.zeros((T, n))
     for t in range(1, T):
         prev = r[t - 1] - r[t - 1].mean()
-        comp["price"][t] = -strength["price"] * sigma[t] / sigma[t - 1] * prev
+        comp["price"][t] = -m[t] * strength["price"] * sigma[t] / sigma[t - 1] * prev
         r[t] = drift[t] + noise[t] + sum(comp[k][t] for k in COMPONENTS)
     return dict(r=r, comp=comp, lead=lead, has_news=has_news, sentiment=sentiment, sigma=sigma)
 
@@ -175,7 +206,7 @@ def write_vendor_files(out: Path, frames: dict, layout: str) -> None:
         stooq.write_csv(out / f"{name.lower()}.us.txt")
 
 
-def write_macro(out: Path, days: np.ndarray, lead: np.ndarray, rng) -> None:
+def write_macro(out: Path, days: np.ndarray, lead: np.ndarray, rng) -> None:  # lead: as published
     """macro.csv: LEAD stamped at each session (known at its close), CPI stamped on month starts;
     lag_days.json: CPI's publication lag, which `ingest` applies to the folder's macro tables."""
     (out / "lag_days.json").write_text(json.dumps({"CPI": 45}) + "\n")
@@ -224,22 +255,32 @@ def oracle(sim: dict, px: dict, days: np.ndarray, strength: dict) -> dict:
 
 def generate(out: str | Path, tickers: int = 50, days: int = 1500, seed: int = 0, end: str = "2024-12-31",
              exchange: str = "XNYS", layout: str = "yahoo", strength: dict | None = None,
-             news_rate: float = 0.1, split: bool = True, dirty: float = 0.0, extras: bool = True) -> dict:
+             news_rate: float = 0.1, split: bool = True, dirty: float = 0.0, extras: bool = True,
+             drift: dict | None = None) -> dict:
     """Write the synthetic market under `out`; returns the oracle (also written as oracle.json)."""
     strength = {k: float((strength or {}).get(k, 0.0)) for k in COMPONENTS}
     out = Path(out)
     rng = np.random.default_rng(seed + 1)
     grid = session_grid(days, end, exchange)
     names = [f"S{i:04d}" for i in range(tickers)]
-    sim = simulate(tickers, grid, seed, strength, news_rate)
+    at = break_index(grid, drift)
+    sim = simulate(tickers, grid, seed, strength, news_rate, loading_factor(len(grid), at, drift))
     px = ohlcv(rng, sim["r"], sim["sigma"])
     write_vendor_files(out / "prices", price_frames(names, grid, px, split, dirty, rng), layout)
     info = dict(seed=seed, tickers=tickers, days=len(grid), exchange=exchange, layout=layout,
                 first_session=str(grid[0]), last_session=str(grid[-1]),
                 target="log return close(t-1) -> close(t); every component is known at close(t-1)",
                 split=dict(ticker=names[0], first_date_after=str(grid[len(grid) // 2]), ratio=2) if split else None)
+    published = sim["lead"].copy()
+    if at is not None and drift["kind"] == "shift":
+        published[at:] += float(drift.get("size", 3.0)) * sim["lead"].std()
+    if drift and drift.get("date"):
+        info["drift"] = dict(kind=drift["kind"], date=drift["date"] and str(drift["date"]),
+                             session=str(grid[at]) if at is not None else None, index=at,
+                             **({"series": "LEAD", "size": float(drift.get("size", 3.0))} if drift["kind"] == "shift"
+                                else {"sessions": int(drift.get("sessions", 20))} if drift["kind"] == "decay" else {}))
     if extras:
-        write_macro(out, grid, sim["lead"], rng)
+        write_macro(out, grid, published, rng)
         info["news_rows"] = write_news(out, names, grid, sim, exchange, rng)
         info["macro"] = dict(LEAD=dict(lag_days=0, signal=True), CPI=dict(lag_days=45, signal=False))
     info["oracle"] = oracle(sim, px, grid, strength)

@@ -28,10 +28,12 @@ COMMANDS = {
     "bench wide": ("bench_wide", "forecast.data.bench_wide:wide"),
     "predict": ("predict", "forecast.inference.predict:predict"),
     "schedule": ("schedule", "forecast.inference.schedule:schedule"),
+    "monitor": ("monitor", "forecast.inference.monitor:monitor"),
     "bench predict": ("bench_predict", "forecast.inference.bench:predict_speed"),
     "server": ("server", "forecast.tracking.server:serve"),
     "compare": ("compare", "forecast.tracking.compare:compare"),
     "compress": ("compress", "forecast.compress.command:compress"),
+    "specialise": ("specialise", "forecast.compress.specialise:specialise"),
 }
 USAGE = """usage: python -m forecast <command> [key=value ...] [-m]
 
@@ -46,10 +48,12 @@ commands:
   bench wide        memory and speed of multi-ticker training on a wide synthetic store (conf/bench_wide.yaml)
   predict           the next session's forecasts of a registered model into a SQL table (conf/predict.yaml)
   schedule          run `predict catch_up=true` after every close of the model's exchange (conf/schedule.yaml)
+  monitor           realised performance, input and performance drift, alerts, retrain (conf/monitor.yaml)
   bench predict     seconds of one `predict` over a synthetic store of N tickers
   server            the team's MLflow tracking server on PostgreSQL; Optuna studies there too (conf/server.yaml)
   compare           runs side by side from MLflow: a sweep's trials or an experiment, best first (conf/compare.yaml)
   compress          shrink a trained model to a device's budget: prune, distil, int8 -> ONNX (conf/compress.yaml)
+  specialise        small specialists + a router, the full model as fallback, one routed model (conf/specialise.yaml)
 
 Overrides are Hydra's: data.tickers=[SPX,GOOG] model/backbone=transformer -m for sweeps.
 Add --cfg job to print the composed config."""
@@ -163,7 +167,9 @@ def make_task(command: str, target: str):
 
 # A command's keys named like a config group (conf/model/): Hydra reads `model=...` as a choice of that
 # group whatever the command's config holds, so the CLI passes them on under the name the config uses.
-RENAMED = {"predict": {"model": "model_ref"}, "schedule": {"model": "model_ref"}, "compress": {"model": "model_ref"},
+RENAMED = {"predict": {"model": "model_ref"}, "schedule": {"model": "model_ref"},
+           "monitor": {"model": "model_ref"}, "compress": {"model": "model_ref"},
+           "specialise": {"model": "model_ref", "specialists": "specialist@specialists"},
            "compare": {"experiment": "experiment_name"}}
 
 

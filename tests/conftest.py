@@ -37,3 +37,23 @@ def installed(tmp_path_factory) -> dict:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(site), str(src)], check=True, capture_output=True, timeout=300)
     return dict(os.environ, PYTHONPATH=str(site))
+
+
+def cli(capsys, argv: list[str]) -> tuple[int, list[str], str]:
+    """`python -m forecast <argv>` in this process: its exit code, stdout lines and stderr."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from forecast.__main__ import main
+
+    saved, code = list(sys.argv), 0
+    try:
+        main(argv)
+    except SystemExit as e:
+        code = e.code
+    finally:
+        GlobalHydra.instance().clear()
+        sys.argv = saved
+    out = capsys.readouterr()
+    return code, out.out.strip().splitlines(), out.err.strip()

@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 import torch
 
-from conftest import CONF, ROOT, TINY
+from conftest import CONF, ROOT, TINY, cli
 from data_pipelines.store import read_prices, write_prices
 from forecast.inference import sessions
 
@@ -73,21 +73,8 @@ def model(tmp_path_factory):
 def run_predict(capsys, model, db, *args) -> tuple[int, list[str], str]:
     """`python -m forecast predict ...` through the CLI's entry point, in this process; `db` is a SQLite
     file or a database URL."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from forecast.__main__ import main
-
-    argv = list(sys.argv)
-    code, url = 0, db if isinstance(db, str) else f"sqlite:///{db}"
-    try:
-        main(["predict", f"logger.tracking_uri={model['tracking_uri']}", f"predictions.url={url}", *args])
-    except SystemExit as e:
-        code = e.code
-    finally:
-        GlobalHydra.instance().clear()
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out.strip().splitlines(), out.err.strip()
+    url = db if isinstance(db, str) else f"sqlite:///{db}"
+    return cli(capsys, ["predict", f"logger.tracking_uri={model['tracking_uri']}", f"predictions.url={url}", *args])
 
 
 def rows(db) -> pl.DataFrame:

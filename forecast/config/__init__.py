@@ -27,9 +27,11 @@ def check(command: str, cfg: DictConfig) -> None:
     from forecast.config.commands import COMMANDS as OWN
     from forecast.config.compress import COMMANDS as COMPRESS
     from forecast.config.inference import COMMANDS as INFERENCE
+    from forecast.config.monitor import COMMANDS as MONITOR
     from forecast.config.parts import PARTS
+    from forecast.config.specialise import COMMANDS as SPECIALISE
 
-    COMMANDS = {**OWN, **INFERENCE, **COMPRESS}
+    COMMANDS = {**OWN, **INFERENCE, **COMPRESS, **MONITOR, **SPECIALISE}
 
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)

@@ -184,6 +184,18 @@ class Strength(BaseModel):
     news: Annotated[float, Field(ge=0.0)] = 0.3
 
 
+Day = date  # the type, for a field named `date`
+
+
+class Drift(BaseModel):
+    """A planted break of the synthetic market (data_pipelines/synthetic.py)."""
+    model_config = ConfigDict(extra="forbid")
+    date: Day | None = None
+    kind: Literal["flip", "decay", "shift"] = "flip"
+    sessions: PosInt = 20
+    size: Annotated[float, Field(gt=0.0)] = 3.0
+
+
 class Synth(Command):
     out: Name
     tickers: PosInt = 50
@@ -197,6 +209,7 @@ class Synth(Command):
     split: bool = True
     dirty: Fraction = 0.0
     extras: bool = True
+    drift: Drift = Drift()
 
     @classmethod
     def cross_check(cls, plain: dict) -> None:

@@ -85,15 +85,21 @@ class Compress(Command):
 
     @classmethod
     def cross_check(cls, plain: dict) -> None:
-        from pathlib import Path
+        check_trained_source(plain)
 
-        from forecast.tracking.runs import check_reachable, check_source
 
-        check_reachable(plain["logger"]["tracking_uri"], "logger.tracking_uri")
-        check_source(plain["logger"]["tracking_uri"], str(plain["model_ref"]), "model")
-        store = (plain.get("data") or {}).get("store")
-        if store and not (Path(store) / "manifest.parquet").exists():
-            raise ConfigError("data.store", f"no store at {store}")
+def check_trained_source(plain: dict) -> None:
+    """A command that reads a trained model: its tracking store answers, the model is there, and a
+    `data.store` override names a store."""
+    from pathlib import Path
+
+    from forecast.tracking.runs import check_reachable, check_source
+
+    check_reachable(plain["logger"]["tracking_uri"], "logger.tracking_uri")
+    check_source(plain["logger"]["tracking_uri"], str(plain["model_ref"]), "model")
+    store = (plain.get("data") or {}).get("store")
+    if store and not (Path(store) / "manifest.parquet").exists():
+        raise ConfigError("data.store", f"no store at {store}")
 
 
 COMMANDS: dict[str, type[Command]] = {"compress": Compress}

@@ -57,6 +57,7 @@ class Timing(BaseModel):
     exchange: Name | None = None
     at_start: bool = True
     max_runs: PosInt | None = None
+    monitor: bool = False
 
     @field_validator("delay")
     @classmethod

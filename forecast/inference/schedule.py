@@ -82,15 +82,25 @@ def predict_command(cfg) -> list[str]:
             *[f"{k}={v}" for k, v in keys.items() if v is not None]]
 
 
-def run_predict(command: list[str]) -> None:
-    """One run of the job: the predict process, its summary line (its errors go to stderr as they are)."""
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    print(f"{started} {' '.join(command[3:])}", flush=True)
-    result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
-    lines = result.stdout.strip().splitlines()
-    print(lines[-1] if lines else "(no output)", flush=True)  # the summary line, or the error on stderr
-    if result.returncode != 0:
-        print(f"predict exited with code {result.returncode}; the next run catches up", flush=True)
+def monitor_command(cfg) -> list[str]:
+    """The `monitor` command line run after predict (schedule.monitor=true): same model, store,
+    database and date."""
+    command = predict_command(cfg)
+    return [*command[:3], "monitor", *[a for a in command[4:] if not a.startswith(("catch_up=", "since="))]]
+
+
+def run_predict(command: list[str], then: list[str] | None = None) -> None:
+    """One run of the job: the predict process, its summary line (its errors go to stderr as they are);
+    then the `then` command (monitor) the same way, once predict succeeded."""
+    for step in [command, *([then] if then else [])]:
+        started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        print(f"{started} {' '.join(step[3:])}", flush=True)
+        result = subprocess.run(step, stdout=subprocess.PIPE, text=True)
+        lines = result.stdout.strip().splitlines()
+        print(lines[-1] if lines else "(no output)", flush=True)  # the summary line, or the error on stderr
+        if result.returncode != 0:
+            print(f"{step[3]} exited with code {result.returncode}; the next run catches up", flush=True)
+            return
 
 
 def model_exchange(cfg) -> str:
@@ -124,11 +134,14 @@ def schedule(cfg) -> int:
     except StoreError as e:
         raise ConfigError("schedule.exchange", str(e)) from None
     command = predict_command(cfg)
+    then = monitor_command(cfg) if s.get("monitor") else None
     now = dt.datetime.now(dt.timezone.utc)
-    scheduler = build(lambda: run_predict(command), SessionCloseTrigger(exchange, delay), now if s.at_start else None,
+    scheduler = build(lambda: run_predict(command, then), SessionCloseTrigger(exchange, delay),
+                      now if s.at_start else None,
                       None if s.max_runs is None else int(s.max_runs))
     signal.signal(signal.SIGTERM, lambda *_: scheduler.shutdown(wait=False))
-    print(f"schedule: predict catch_up=true {delay} after each {exchange} close; first run "
+    print(f"schedule: predict catch_up=true{' then monitor' if then else ''} {delay} after each {exchange} close; "
+          "first run "
           f"{'now' if s.at_start else next_run(now, exchange, delay).isoformat()}",
           flush=True)
     scheduler.start()
