@@ -83,3 +83,27 @@ def test_mlflow_models_serve_answers_a_json_post(served, tmp_path):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+
+
+class Exogenous(torch.nn.Module):
+    """A float32 module of two float inputs, as a model with exogenous series has."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 1)
+
+    def forward(self, x, exog):
+        return self.lin(torch.cat([x[:, -1], exog[:, -1]], dim=1)).squeeze(-1)  # (B,)
+
+
+def test_float64_inputs_of_a_json_request_are_served_as_float32():
+    """A served request's floats arrive as float64 (JSON has no float width): the same forecasts."""
+    from forecast.tracking.serving import ForecastModel
+
+    served = ForecastModel()
+    served.module, served.scale = Exogenous().eval(), 0.01
+    rng = np.random.default_rng(0)
+    x, exog = rng.standard_normal((4, 8, 2)).astype(np.float32), rng.standard_normal((4, 8, 1)).astype(np.float32)
+    narrow = served.predict(None, {"x": x, "exog": exog})
+    wide = served.predict(None, {"x": x.astype(np.float64), "exog": exog.astype(np.float64)})
+    np.testing.assert_allclose(wide["forecast"].to_numpy(), narrow["forecast"].to_numpy(), rtol=1e-6)

@@ -17,6 +17,7 @@ fi
 python -m forecast specialise model=$FULL logger.tracking_uri=$URI out=outputs/specialists/runs epochs=3 \
     > $OUT/specialise.txt 2>&1
 DAYS="catch_up=true since=2024-12-02 date=2024-12-31"
+rm -f outputs/specialists/full.db outputs/specialists/routed.db  # rows of this run's models only
 python -m forecast predict model=$FULL logger.tracking_uri=$URI predictions.url=sqlite:///outputs/specialists/full.db \
     $DAYS show=5 > $OUT/predict_full.txt 2>&1
 python -m forecast predict model=models:/forecast_routed@routed logger.tracking_uri=$URI \

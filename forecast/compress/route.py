@@ -106,11 +106,11 @@ class Router(nn.Module):
     least `threshold` and the inputs within the training range let the specialist serve it. `auto`
     thresholds are chosen on validation (specialise.py); `attach` adds the fitted slices and gates."""
 
-    def __init__(self, threshold: float | str = "auto", gate_quantile: float = 0.8, min_corr: float = 0.97,
+    def __init__(self, threshold: float | str = "auto", tolerance: float = 0.25, min_corr: float = 0.97,
                  max_ic_drop: float = 0.003, range_quantile: float = 0.999):
         super().__init__()
         self.auto = threshold == "auto"
-        self.gate_quantile, self.min_corr, self.max_ic_drop = float(gate_quantile), float(min_corr), float(max_ic_drop)
+        self.tolerance, self.min_corr, self.max_ic_drop = float(tolerance), float(min_corr), float(max_ic_drop)
         self.range_quantile = float(range_quantile)
         self.register_buffer("threshold", torch.tensor(0.5 if self.auto else float(threshold)))
         self.register_buffer("bound", torch.tensor(float("inf")))

@@ -4,9 +4,10 @@ as one MLflow model that `predict` serves.
 
 1. The full model, its logged config and data (same store, splits and normalisation), every split's
    batches in order, and its forecasts (the distillation targets, the reference of every number).
-2. Each specialist (conf/specialist/): its slice fitted on the training windows; its requests are the
-   windows its slice is the first to hold (routing order); a slice holding none is reported and
-   skipped. It is distilled (compress/distill.py) on its requests of the training period only.
+2. Each specialist (conf/specialist/): its slice fitted on the training windows; it serves the
+   windows its slice is the first to hold (routing order), and one whose slice serves none is
+   reported and skipped. It is distilled (compress/distill.py) on every request of its slice in the
+   training period (validated on its slice of the validation period).
 3. The router (conf/router/): a logistic gate per specialist fitted on validation, the threshold
    chosen on validation (or given), the input range from the training windows.
 4. The report (specialise_report.py): per route share, FLOPs (analytic, router and fallback
@@ -104,13 +105,14 @@ def build_specialists(s: Setup) -> tuple[dict, list]:
     for name, spec in s.cfg.specialists.items():
         sl = instantiate(spec.slice)
         sl.fit(s.full, s.splits["train"].batches, features)
-        mine = {split: candidates([*slices, sl], s.splits[split].batches) == len(slices) for split in ("train", "val")}
-        if not mine["train"].any():
+        served = candidates([*slices, sl], s.splits["train"].batches) == len(slices)  # the requests it would serve
+        mine = {split: candidates([sl], s.splits[split].batches) == 0 for split in ("train", "val")}  # its slice
+        if not served.any():
             print(f"specialist {name}: its slice ({type(sl).__name__}) holds no request of the training period "
                   "not taken by an earlier specialist; skipped")
             continue
-        print(f"specialist {name}: {int(mine['train'].sum()):,} training and {int(mine['val'].sum()):,} validation "
-              f"requests ({mine['train'].float().mean():.1%} of training)")
+        print(f"specialist {name}: serves {served.float().mean():.1%} of the training requests; distilled on "
+              f"its slice's {int(mine['train'].sum()):,} training and {int(mine['val'].sum()):,} validation requests")
         kept[name] = train_specialist(s, spec, mine)
         slices.append(sl)
     if not kept:
@@ -166,8 +168,9 @@ def fit_router(s: Setup, specialists: dict, slices: list) -> Router:
     phi = torch.cat([cheap_features(b) for b in val.batches])  # (N_val, C)
     cand = candidates(slices, val.batches)  # (N_val,)
     scores = [accuracy.torch_scores(m, val) for m in specialists.values()]
-    gates = [fit_gate(phi[cand == k], np.abs(scores[k] - s.full_scores["val"])[(cand == k).numpy()],
-                      router.gate_quantile) for k in range(len(scores))]
+    tol = router.tolerance * float(s.full_scores["val"].std())  # "close", in the full model's forecast units
+    gates = [fit_gate(phi[cand == k], np.abs(scores[k] - s.full_scores["val"])[(cand == k).numpy()], tol)
+             for k in range(len(scores))]
     train_phi = torch.cat([cheap_features(b) for b in s.splits["train"].batches])
     bound = torch.quantile(train_phi[:, -2].double(), router.range_quantile).item()  # max |feature| of a window
     router.attach(slices, gates, bound)
@@ -176,13 +179,13 @@ def fit_router(s: Setup, specialists: dict, slices: list) -> Router:
     return router
 
 
-def fit_gate(phi: torch.Tensor, err: np.ndarray, quantile: float) -> torch.nn.Linear:
-    """A logistic regression of `err <= its quantile` (the specialist stays close to the full model)
-    on standardised cheap features, folded into one Linear(C, 1) on the raw features."""
+def fit_gate(phi: torch.Tensor, err: np.ndarray, tol: float) -> torch.nn.Linear:
+    """A logistic regression of `err <= tol` (the specialist stays close to the full model) on
+    standardised cheap features, folded into one Linear(C, 1) on the raw features."""
     from sklearn.linear_model import LogisticRegression
 
     gate = torch.nn.Linear(phi.shape[1], 1).double()
-    close = err <= np.quantile(err, quantile) if len(err) else np.zeros(0, dtype=bool)
+    close = err <= tol
     with torch.no_grad():
         gate.weight.zero_()
         if len(close) < 20 or close.all() or not close.any():  # nothing to learn: the base rate

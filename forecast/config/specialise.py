@@ -51,7 +51,7 @@ class RouterConf(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     target: Literal["forecast.compress.route.Router"] = Field(alias="_target_")
     threshold: Literal["auto"] | Open01 = "auto"
-    gate_quantile: Open01 = 0.8
+    tolerance: Annotated[float, Field(gt=0.0)] = 0.25
     min_corr: Annotated[float, Field(gt=-1.0, le=1.0)] = 0.97
     max_ic_drop: Annotated[float, Field(ge=0.0)] = 0.003
     range_quantile: Annotated[float, Field(gt=0.0, le=1.0)] = 0.999

@@ -50,8 +50,8 @@ def read_frame(store: str, state: dict, tickers: list[str], first: dt.date, last
     margin = state["window"] + (state["exog_level_window"] or 0) + 2
     if df.height == 0:  # no bar up to `last`: every ticker is stale
         return df.drop("before")
-    cut = df.filter(pl.col("pos") == pl.max_horizontal(pl.col("before") - margin, 0))["date"].min()
-    return df.filter(pl.col("date") >= cut).drop("before")
+    start = pl.max_horizontal(pl.col("before").cast(pl.Int64) - margin, 0)  # signed: a young ticker has < margin
+    return df.filter(pl.col("pos") >= start).drop("before")
 
 
 def inputs(frame: pl.DataFrame, state: dict, store: str) -> dict[str, torch.Tensor]:

@@ -48,6 +48,8 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         import torch
 
         batch = {k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()}  # each (B, ...)
+        # JSON carries no float width: a served request's floats arrive as float64, the module's weights are float32
+        batch = {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
         with torch.no_grad():
             raw = self.module(**batch).double()  # (B,), or (B, Q) from a quantile head
         point = (raw if raw.dim() == 1 else self.module.head.point(raw)).numpy() * self.scale  # (B,) log returns
