@@ -98,8 +98,8 @@ def input_alerts(job: Job, frame: pl.DataFrame, c) -> list[dict]:
     """One `input` alert per drift episode of each feature over the sessions the version forecast.
     Price features (per ticker and session): PSI above the largest PSI of any window of the training
     and validation periods (drift.limits, at least `input.psi`) and a KS p-value below `input.ks_p`.
-    Exogenous series (one value per session, autocorrelated): the window mean's z-score beyond
-    `input.z` (drift.mean_shift) and PSI above `input.psi`."""
+    Exogenous series and the news rate (one value per session, autocorrelated): the window mean's
+    z-score beyond `input.z` (drift.mean_shift) and PSI above `input.psi`."""
     val = (dt.date.fromisoformat(job.state["val_start"]), dt.date.fromisoformat(job.state["test_start"]))
     groups = zip(inputs.training_inputs(job.store, job.state, job.tickers),
                  inputs.model_inputs(job.store, job.state, job.tickers, val[0], val[1] - dt.timedelta(days=1)),
@@ -109,7 +109,8 @@ def input_alerts(job: Job, frame: pl.DataFrame, c) -> list[dict]:
         if len(train) == 0 or len(dates) == 0:
             continue
         ref = drift.fit(train, names, int(c.bins))
-        found = (series_drift(ref, train, dates, values, c) if names[0].startswith("exogenous:") else
+        per_session = names[0].startswith(("exogenous:", "news:"))  # one value per session, not per ticker
+        found = (series_drift(ref, train, dates, values, c) if per_session else
                  feature_drift(ref, (train_dates, train), (val_dates, val_values), dates, values, c))
         day = dates.unique().sort().to_list()
         out += [dict(model=job.name, version=job.version, session=day[s], kind="input", feature=feature,

@@ -6,7 +6,9 @@
   cross-section's shape is;
 - `exogenous:<series>` and `exogenous:<series>:chg`: each series' level and change as
   `features.exogenous` builds them (z-scored with the training statistics), one row per session
-  (they are the same for every ticker; repeating them would overstate the sample size).
+  (they are the same for every ticker; repeating them would overstate the sample size);
+- `news:rate`: the share of the session's tickers with a headline at that session, one row per session
+  (a vendor feed that stops or floods is input drift of the news modality, whatever the headlines say).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import datetime as dt
 import numpy as np
 import polars as pl
 
-from data_pipelines.store import read_prices
+from data_pipelines.store import read_news, read_prices
 from forecast.data.market import price_features
 from forecast.inference import features
 
@@ -36,7 +38,17 @@ def frame_inputs(frame: pl.DataFrame, store: str, state: dict) -> list[Group]:
         exog = features.exogenous(days, store, state["exogenous"], state["exog_level_window"])
         z = np.where(exog["exog_mask"].numpy(), exog["exog"].numpy().astype(np.float64), np.nan)  # (D, 2S)
         groups.append((days["date"], z, [f"exogenous:{c}" for c in state["exogenous"]["columns"]]))
+    if {"news", "news_minilm"} & set(state["modalities"]) and frame.height:
+        groups.append(news_rate(frame, store))
     return groups
+
+
+def news_rate(frame: pl.DataFrame, store: str) -> Group:
+    """`news:rate` of each session of `frame`: the share of its (ticker, session) rows with a headline."""
+    news = read_news(store).select("ticker", pl.col("session").alias("date")).unique().with_columns(hit=pl.lit(1.0))
+    rate = (frame.select("ticker", "date").join(news, on=["ticker", "date"], how="left")
+            .group_by("date").agg(pl.col("hit").fill_null(0.0).mean()).sort("date"))
+    return rate["date"], rate["hit"].to_numpy().astype(np.float64)[:, None], ["news:rate"]
 
 
 def model_inputs(store: str, state: dict, tickers: list[str], first: dt.date, last: dt.date) -> list[Group]:
