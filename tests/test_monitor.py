@@ -223,3 +223,18 @@ def test_challenger_windows_are_the_latest_sessions_in_order():
     assert w == dict(train_start=str(days[-70]), val_start=str(days[-30]), test_start=str(days[-20]),
                      test_end="2024-12-28")  # exclusive: the last as-of session is the 27th
     assert windows(days[:69], 40, 10, 20) is None  # too few sessions: no retrain
+
+
+@pytest.mark.parametrize("quality", ["oracle", "shuffled"])
+def test_one_ticker_is_scored_per_block_and_tells_an_oracle_from_a_shuffled_model(quality):
+    """One ticker has no cross-section: IC per block of `block` sessions, each block dated by its first."""
+    rng = np.random.default_rng(1)
+    days = sessions.sessions("XNYS", dt.date(2023, 1, 3), dt.date(2023, 12, 29))[:200]  # 200 sessions
+    realised_ = 0.01 * rng.standard_normal(len(days))
+    forecast = realised_ + 0.01 * rng.standard_normal(len(days)) if quality == "oracle" else rng.permutation(realised_)
+    frame = pl.DataFrame(dict(ticker=["SPX"] * len(days), asof=days, forecast=forecast, realised=realised_))
+    scores = realised.session_scores(frame, block=20, cost_bps=5.0, horizon=1)
+    assert scores.height == 10 and scores["n"].to_list() == [20] * 10
+    assert scores["date"].to_list() == days[::20]
+    mean_ic = scores["ic"].mean()
+    assert mean_ic > 0.5 if quality == "oracle" else abs(mean_ic) < 0.15, mean_ic
