@@ -118,6 +118,10 @@ def reference(ctx: Context) -> None:
     print(f"teacher {ctx.teacher_run}: {type(ctx.teacher.backbone).__name__}, {ctx.teacher_params:,} parameters, "
           f"{ctx.ref.bytes / 1e3:.1f} kB as ONNX, p50 {latency['p50_ms']:.2f} ms (torch, {ctx.device.threads} "
           f"thread(s), {ctx.device.tickers} tickers), val IC {ctx.ref.val_ic:.4f}, test IC {ctx.ref.test['ic']:.4f}")
+    if ctx.ref.val_ic <= 0:
+        print(f"warning: the teacher's validation IC ({ctx.ref.val_ic:.4f}) is not positive: it has no skill to keep, "
+              "so the IC budget only bounds a loss, and a student picked by validation IC may be a different model, "
+              "not a smaller teacher; read corr_teacher in the table")
 
 
 def finish(ctx: Context, cands: list, run_id: str) -> tuple[int, str]:

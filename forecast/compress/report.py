@@ -62,9 +62,11 @@ def why(ctx, chosen, cands) -> str:
     ref, met = ctx.ref, [c for c in cands if c.meets]
     if chosen is None:
         return "nothing meets the budget"
+    teacher = (f"{ratio(chosen.val_ic, ref.val_ic):.1%} of the teacher's {ref.val_ic:.4f}" if ref.val_ic > 0 else
+               f"the teacher's: {ref.val_ic:.4f}")  # a share of a negative IC means nothing
     return (f"picked {chosen.name}: of the {len(met)} candidate(s) meeting every budget it has the highest "
-            f"validation IC ({chosen.val_ic:.4f}, {ratio(chosen.val_ic, ref.val_ic):.1%} of the teacher's "
-            f"{ref.val_ic:.4f}); {ref.bytes / chosen.bytes:.1f}x smaller and "
+            f"validation IC ({chosen.val_ic:.4f}, {teacher}); "
+            f"{ref.bytes / chosen.bytes:.1f}x smaller and "
             f"{ref.latency['p50_ms'] / chosen.latency['p50_ms']:.1f}x faster than the teacher at "
             f"{ctx.device.threads} thread(s)")
 
