@@ -138,3 +138,21 @@ def test_bootstrap_interval_covers_the_truth_and_is_degenerate_for_a_constant():
     assert low < 0.1 < high and low > 0
     assert confidence_interval(np.full(100, 0.2), mean_stat) == pytest.approx((0.2, 0.2))
     assert all(math.isnan(v) for v in confidence_interval(np.zeros(100), sharpe_stat))
+
+
+@pytest.mark.parametrize("per_session, noted", [(None, False), (1.0, False), (2.0, True), (4.0, True), (5.0, False)])
+def test_a_test_split_of_two_tickers_per_session_gets_a_note_on_its_ic(per_session, noted):
+    """Of two tickers a session's cross-sectional IC is +1 or -1: train's table says so under it."""
+    from forecast.evaluation.report import point_report
+
+    metrics = dict(mse=1.0, mae=1.0, dir_acc=0.5, ic=0.1, rank_ic=0.1, icir=0.1)
+    text = point_report({"model": metrics, "zero": {**metrics, "mse": 2.0}}, per_session)
+    assert ("tickers per test session" in text) == noted, text
+
+
+def test_the_ic_of_two_tickers_per_session_is_plus_or_minus_one():
+    rng = np.random.default_rng(0)
+    days = pl.date_range(date(2020, 1, 1), date(2020, 3, 1), eager=True)
+    frame = pl.DataFrame(dict(date=pl.concat([days, days]), ticker=["A"] * len(days) + ["B"] * len(days),
+                              pred=rng.standard_normal(2 * len(days)), realised=rng.standard_normal(2 * len(days))))
+    assert set(ic_series(frame)["ic"].round(9).to_list()) <= {-1.0, 1.0}

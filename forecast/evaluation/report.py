@@ -5,12 +5,14 @@ import math
 
 from forecast.evaluation.scoring import verdict
 
+FEW_TICKERS = 5  # a test cross-section smaller than this gets a note under the table
 COLUMNS = ["mse", "mae", "dir_acc", "ic", "rank_ic", "icir", "sharpe", "ann_return", "max_drawdown", "turnover",
            "info_ratio"]
 
 
-def point_report(results: dict[str, dict[str, float]]) -> str:
-    """train's table on the test split, and a note when a baseline has the lower MSE."""
+def point_report(results: dict[str, dict[str, float]], per_session: float | None = None) -> str:
+    """train's table on the test split, and a note when a baseline has the lower MSE or when the test
+    sessions hold too few tickers (`per_session`, the median) for a cross-sectional IC to say much."""
     keys = list(results["model"])
     lines = [f"{'test split':<12}" + "".join(f"{k:>12}" for k in keys)]
     for name, metrics in results.items():
@@ -18,6 +20,9 @@ def point_report(results: dict[str, dict[str, float]]) -> str:
     best_mse = min(results, key=lambda n: results[n]["mse"])
     if best_mse != "model":
         lines.append(f"note: the model's test MSE is not better than the '{best_mse}' baseline")
+    if per_session is not None and 1 < per_session < FEW_TICKERS:
+        lines.append(f"note: {per_session:g} tickers per test session (median): a cross-sectional IC of so few is "
+                     "coarse (of two it is +1 or -1 every session); judge by mse and dir_acc, or one ticker's block IC")
     return "\n".join(lines)
 
 

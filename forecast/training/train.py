@@ -61,7 +61,7 @@ def train(cfg: DictConfig) -> float:
         uri = log_outputs(frame, model, dm, val_ic)
         if cfg.get("register") and not parent:  # in a sweep, forecast.tracking.sweep registers the best trial
             print(registry.promote(cfg.registry.model, cfg.registry.alias, run_id, uri, fitted.val_loss))
-    print(point_report(results))
+    print(point_report(results, float(frame.group_by("date").len()["len"].median())))
     print(runs.footer(cfg.logger.tracking_uri, experiment_id, run_id))
     return fitted.val_loss
 
