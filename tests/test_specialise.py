@@ -6,6 +6,7 @@ request is reported and skipped; a router threshold outside (0, 1) is one error 
 import re
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -53,6 +54,34 @@ def test_specialise_routes_registers_and_predict_serves_it(model, tmp_path, caps
     assert mine["model"].unique().to_list() == ["forecast_routed"]
     assert mine.select("ticker", "asof", "horizon").equals(full.select("ticker", "asof", "horizon"))
     assert np.isfinite(mine["forecast"].to_numpy()).all()
+    check_drift_fallback(capsys, model, tmp_path, full, days)
+
+
+def check_drift_fallback(capsys, model, tmp_path, full, days) -> None:
+    """After a drift alert of the full model (monitor's alerts table), the routed model's forecasts are
+    the full model's own for `alert_sessions` sessions, and its specialists' elsewhere."""
+    import datetime as dt
+
+    from forecast.inference import predictions
+    from forecast.monitoring import alerts
+
+    db = tmp_path / "alerted.db"
+    engine = predictions.connect(f"sqlite:///{db}")
+    alerts.create(engine)
+    name, version = "forecast", MlflowClient(model["tracking_uri"]).get_model_version_by_alias(
+        "forecast", "champion").version
+    asofs = [dt.date.fromisoformat(str(d)) for d in full["asof"].unique().sort().to_list()]
+    alerts.write(engine, [dict(model=name, version=str(version), session=asofs[5], kind="performance",
+                               feature="rank_ic", statistic=12.0, threshold=10.0, detail=None)])
+    code, out, err = run_predict(capsys, model, db, "model=models:/forecast_routed@routed", *days)
+    assert code == 0, err[-2000:]
+    assert any(line.startswith("drift alert: the full model served every request on 20 of") for line in out), out
+    mine = rows(db)
+    alerted = pl.col("asof").is_between(pl.lit(str(asofs[5])), pl.lit(str(asofs[24])))
+    same = mine.join(full, on=["ticker", "asof"], suffix="_full").with_columns(
+        eq=(pl.col("forecast") - pl.col("forecast_full")).abs() < 1e-9)
+    assert same.filter(alerted)["eq"].all()  # the full model's own forecasts under the alert
+    assert not same.filter(~alerted)["eq"].all()  # the specialists' elsewhere
 
 
 def check_routes(routed, model) -> None:

@@ -107,8 +107,10 @@ class Router(nn.Module):
     thresholds are chosen on validation (specialise.py); `attach` adds the fitted slices and gates."""
 
     def __init__(self, threshold: float | str = "auto", tolerance: float = 0.25, min_corr: float = 0.97,
-                 max_ic_drop: float = 0.003, range_quantile: float = 0.999):
+                 max_ic_drop: float = 0.003, range_quantile: float = 0.999, alert_sessions: int = 20):
         super().__init__()
+        self.alert_sessions = int(alert_sessions)  # sessions after a drift alert that the full model serves alone
+        self.force = False  # set by predict on sessions under a drift alert
         self.auto = threshold == "auto"
         self.tolerance, self.min_corr, self.max_ic_drop = float(tolerance), float(min_corr), float(max_ic_drop)
         self.range_quantile = float(range_quantile)
@@ -131,6 +133,8 @@ class Router(nn.Module):
             phi.new_zeros((phi.shape[0], 1))  # (B, K)
         conf = probs.gather(1, cand.clamp(min=0)[:, None]).squeeze(1)  # (B,)
         cand = torch.where(phi[:, -2] <= self.bound, cand, torch.full_like(cand, FALLBACK))  # out of range
+        if getattr(self, "force", False):  # an active drift alert
+            cand = torch.full_like(cand, FALLBACK)
         return cand, conf
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,7 @@ class RouterConf(BaseModel):
     min_corr: Annotated[float, Field(gt=-1.0, le=1.0)] = 0.97
     max_ic_drop: Annotated[float, Field(ge=0.0)] = 0.003
     range_quantile: Annotated[float, Field(gt=0.0, le=1.0)] = 0.999
+    alert_sessions: PosInt = 20
 
 
 class Dense(BaseModel):

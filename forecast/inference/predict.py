@@ -42,6 +42,7 @@ class Job:
     missing: list[str] = field(default_factory=list)  # the model's tickers the store lacks
     engine: Engine | None = None
     days: list[dt.date] = field(default_factory=list)  # as-of sessions to forecast, ascending
+    alert_days: set = field(default_factory=set)  # a routed model: sessions its full model serves every request
 
 
 @dataclass
@@ -77,6 +78,7 @@ def predict(cfg) -> int:
     from forecast.tracking import runs
 
     model = runs.load_model(job.run_id)
+    job.alert_days = alert_days(job, model)
     clock.lap("load")
     totals = run(job, model, int(cfg.batch_size), clock) if job.days else Totals()
     print(report(job, totals, int(cfg.show)))
@@ -113,6 +115,22 @@ def plan(cfg) -> tuple[Job, dt.date | None]:
     return job, day
 
 
+def alert_days(job: Job, model) -> set[dt.date]:
+    """A routed model's (forecast/compress/route.py) as-of sessions under an active drift alert: the
+    `router.alert_sessions` sessions from each `performance` or `input` alert that monitor wrote for
+    this model or for the full model it was cut from. There the full model serves every request."""
+    from forecast.monitoring import alerts
+    from forecast.tracking import runs
+
+    if not hasattr(model, "router") or not job.days:
+        return set()
+    alerts.create(job.engine)
+    code, n = sorted(set(job.exchange.values()))[0], int(getattr(model.router, "alert_sessions", 20))
+    held = [a for name, version in dict.fromkeys(runs.served_as(job.run_id) + [(job.name, job.version)])
+            for a in alerts.read(job.engine, name, version, job.days[-1]) if a["kind"] in ("performance", "input")]
+    return {d for a in held for d in sessions.sessions(code, a["session"], job.days[-1])[:n]} & set(job.days)
+
+
 def parse_date(value, key: str) -> dt.date:
     try:
         return dt.date.fromisoformat(str(value))
@@ -147,6 +165,8 @@ def run(job: Job, model, batch_size: int, clock: Clock) -> Totals:
         rows = pl.concat([a for _, a in chunk])["row"].to_numpy()
         out = Forecasts()
         if len(rows):
+            if hasattr(model, "router"):  # a routed model: the full model alone under a drift alert
+                model.router.force = chunk[0][0] in job.alert_days
             ds = features.dataset(inputs, frame, rows, job.state["window"])
             out = run_model(model, ds, batch_size, job.state["target_std"])
         clock.lap("model")
@@ -176,6 +196,9 @@ def chunks(frame: pl.DataFrame, job: Job, totals: Totals, last_bar: dict):
         totals.stale.update({t: last_bar.get(t) for t in expected - set(have["ticker"])})
         totals.short.update(have.filter(pl.col("pos") < window)["ticker"])
         anchors = have.filter(pl.col("pos") >= window).select("row", "ticker").sort("ticker")
+        if chunk and (day in job.alert_days) != (chunk[-1][0] in job.alert_days):  # one alert state a chunk
+            yield chunk
+            chunk, size = [], 0
         chunk.append((day, anchors))
         size += anchors.height
         if size >= CHUNK:
@@ -251,6 +274,9 @@ def report(job: Job, totals: Totals, show: int) -> str:
                      + (f" and {len(job.missing) - 20} more" if len(job.missing) > 20 else ""))
     if totals.short:
         lines.append(f"not forecast (fewer bars than the window): {', '.join(sorted(totals.short)[:20])}")
+    if job.alert_days:
+        lines.append(f"drift alert: the full model served every request on {len(job.alert_days)} of "
+                     f"{len(job.days)} sessions (from {min(job.alert_days)})")
     if totals.updated:
         shown = ", ".join(f"{t} {d}" for t, d in totals.updated[:10])
         lines.append(f"updated {len(totals.updated)} rows whose inputs changed: {shown}"

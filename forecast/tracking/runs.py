@@ -221,6 +221,16 @@ def resolve_model(tracking_uri: str, source: str, key: str = "model") -> tuple[s
     return "run", run_id, run_id
 
 
+def served_as(run_id: str) -> list[tuple[str, str]]:
+    """(model, version) pairs whose predictions and alerts are this run's model's: ("run", run id) and
+    every registered version of the run; and the same for the full model a routed run was cut from
+    (its `forecast.source_run` tag)."""
+    client = MlflowClient()
+    out = [("run", run_id), *[(v.name, str(v.version)) for v in client.search_model_versions(f"run_id = '{run_id}'")]]
+    source = client.get_run(run_id).data.tags.get("forecast.source_run")
+    return out + (served_as(source) if source and source != run_id else [])
+
+
 def load_predict_state(run_id: str) -> dict:
     """The data state a run logged for predict (`predict/state.json`, see MarketData.predict_state)."""
     try:
