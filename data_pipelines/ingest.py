@@ -99,9 +99,11 @@ def ingest(path: str | Path, store: str | Path, opts: Options | None = None) -> 
     """Read, validate, dedup, adjust and store every price file under `path` (with
     `opts.incremental` and mode merge, only the files the store's catalogue lacks or has otherwise)."""
     opts = opts or Options()
-    store = Path(store)
-    if store.exists() and not store.is_dir():
-        raise st.StoreError(f"store {store} exists and is not a directory")
+    with st.writing(store, wait=opts.wait):  # one writer from the first read of the store to its last write
+        return _ingest(path, Path(store), opts)
+
+
+def _ingest(path: str | Path, store: Path, opts: Options) -> Report:
     rep = Report()
     with rep.timed("listing"):
         listed, skipped, rejected = listing(path)

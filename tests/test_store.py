@@ -127,3 +127,29 @@ def test_sigkill_of_the_ingest_command_mid_write(tmp_path):
     assert proc.wait(timeout=60) == -signal.SIGKILL  # killed, not finished
     after = consistent(store)
     assert after == old or len(after) == 120  # the previous version, or the whole new one
+
+
+def vendor_csv(path: Path, seed: int) -> None:
+    days = [d for d in (dt.date(2021, 1, 4) + dt.timedelta(i) for i in range(60)) if d.weekday() < 5]
+    c = 100 * np.exp(np.cumsum(np.random.default_rng(seed).normal(0, 0.01, len(days))))
+    pl.DataFrame(dict(Date=[d.isoformat() for d in days], Open=c, High=c + 1, Low=c - 1, Close=c,
+                      Volume=np.full(len(days), 1e6))).write_csv(path)
+
+
+def test_a_direct_ingest_call_holds_the_writer_lock_from_its_first_read(tmp_path):
+    """`ingest()` called from Python (not the CLI) waits for another writer before it lists the drop:
+    a file added to the drop while it waits is ingested (a listing taken before the wait would miss it)."""
+    drop, store, err = tmp_path / "drop", tmp_path / "store", tmp_path / "err.txt"
+    drop.mkdir()
+    vendor_csv(drop / "AAA.csv", 0)
+    code = "import sys; from data_pipelines.ingest import ingest; ingest(sys.argv[1], sys.argv[2])"
+    with st.writing(store), open(err, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", code, str(drop), str(store)], stderr=log,
+                                cwd=Path(__file__).resolve().parent.parent)
+        end = time.monotonic() + 60
+        while "waiting" not in err.read_text():
+            assert proc.poll() is None and time.monotonic() < end, err.read_text()
+            time.sleep(0.05)
+        vendor_csv(drop / "BBB.csv", 1)  # arrives while the ingest waits for the lock
+    assert proc.wait(timeout=120) == 0, err.read_text()
+    assert sorted(st.read_manifest(store)["ticker"]) == ["AAA", "BBB"]
