@@ -42,6 +42,7 @@ def test_specialise_routes_registers_and_predict_serves_it(model, tmp_path, caps
     from forecast.tracking import runs
 
     routed = runs.load_model(version.run_id)
+    check_pyfunc(model, version)
     assert list(routed.specialists) == ["calm", "no_news"]  # news_days (no request has news) skipped
     check_routes(routed, model)
     full_db, routed_db = tmp_path / "full.db", tmp_path / "routed.db"
@@ -55,6 +56,26 @@ def test_specialise_routes_registers_and_predict_serves_it(model, tmp_path, caps
     assert mine.select("ticker", "asof", "horizon").equals(full.select("ticker", "asof", "horizon"))
     assert np.isfinite(mine["forecast"].to_numpy()).all()
     check_drift_fallback(capsys, model, tmp_path, full, days)
+
+
+def check_pyfunc(model, version) -> None:
+    """The registered version is the pyfunc (`mlflow models serve -m models:/forecast_routed@routed`
+    takes named inputs): it forecasts the test batch as the routed torch module does."""
+    import mlflow
+
+    from forecast.compress import accuracy
+    from forecast.tracking import runs
+    from forecast.training.train import build_data
+
+    batch = accuracy.split(build_data(runs.stored_config(model["run_id"])), "test").batches[0]
+    example = {k: v[:6].numpy() for k, v in batch.items()}
+    pyfunc = mlflow.pyfunc.load_model("models:/forecast_routed@routed")
+    assert sorted(s.name for s in pyfunc.metadata.signature.inputs.inputs) == sorted(batch)  # named inputs
+    served = pyfunc.predict(example)
+    with torch.no_grad():
+        own = runs.load_model(version.run_id)(**{k: v[:6] for k, v in batch.items()}).double().numpy()
+    state = runs.load_predict_state(version.run_id)
+    np.testing.assert_allclose(served["forecast"].to_numpy(), own * state["target_std"], rtol=1e-5, atol=1e-9)
 
 
 def check_drift_fallback(capsys, model, tmp_path, full, days) -> None:

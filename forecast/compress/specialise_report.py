@@ -187,7 +187,7 @@ def text(r: Result) -> str:
 
 def log(s, routed, r: Result) -> None:
     """Tables, metrics, the report, the data state and the routed model (registered when asked)."""
-    from forecast.tracking import registry, review, runs
+    from forecast.tracking import registry, review, runs, serving
 
     body = text(r)
     print(body)
@@ -196,8 +196,8 @@ def log(s, routed, r: Result) -> None:
     runs.log_tables({"specialise/routes.csv": r.routes, "specialise/curve.csv": r.curve})
     runs.log_metrics({f"specialise/{k}": float(v) for k, v in r.totals.items() if isinstance(v, (int, float))})
     runs.log_text(json.dumps(r.totals, default=str), "specialise/totals.json")
-    runs.log_text(json.dumps(s.state), "predict/state.json")
-    uri = runs.log_model(routed, None)
+    runs.log_model(routed, None)  # the torch module: predict loads it
+    uri = serving.log_pyfunc(routed, s.state, s.splits["test"].batches[0])  # what the registered version serves
     if s.cfg.register:
         tags = {"source_run": s.full_run, "kind": "routed"}
         print(registry.register(s.cfg.registry.model, s.cfg.registry.alias, uri, tags))
