@@ -26,7 +26,7 @@ from forecast.compress import accuracy, distill, report, search
 from forecast.compress.device import Device, resolve
 from forecast.compress.export import export, exportable
 from forecast.compress.flops import flops_per_forecast
-from forecast.compress.latency import measure
+from forecast.compress.latency import median_of
 from forecast.compress.prune import n_params
 from forecast.errors import UserError
 
@@ -108,8 +108,8 @@ def reference(ctx: Context) -> None:
     onnx_file = export(ctx.teacher, ctx.val.batches[0], ctx.workdir / "teacher.onnx", ctx.state)
     torch.save(ctx.teacher, ctx.workdir / "teacher.pt")
     lat = ctx.cfg.latency
-    latency = measure("torch", ctx.workdir / "teacher.pt", ctx.inputs, ctx.device.threads, int(lat.repeats),
-                      int(lat.warmup))
+    latency = median_of(3, "torch", ctx.workdir / "teacher.pt", ctx.inputs, ctx.device.threads, int(lat.repeats),
+                        int(lat.warmup))
     val_scores, test_scores = accuracy.torch_scores(ctx.teacher, ctx.val), accuracy.torch_scores(ctx.teacher, ctx.test)
     ctx.ref = search.Reference(onnx_file.stat().st_size, latency, accuracy.val_ic(ctx.val, val_scores),
                                val_scores, test_scores, accuracy.test_metrics(ctx.test, test_scores, test_scores))

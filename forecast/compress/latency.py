@@ -32,6 +32,13 @@ def measure(kind: str, model: Path, inputs: Path, threads: int, repeats: int, wa
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def median_of(times: int, *args) -> dict[str, float]:
+    """`measure(*args)` `times` times in fresh processes; the one with the median p50. A reference every
+    ratio divides by: one slow measurement on a loaded machine would inflate every speed-up."""
+    runs = sorted((measure(*args) for _ in range(times)), key=lambda r: r["p50_ms"])
+    return runs[len(runs) // 2]
+
+
 def _onnx_call(model: str, feeds: dict, threads: int):
     import onnxruntime as ort
 
