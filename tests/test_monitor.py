@@ -97,15 +97,21 @@ def test_flip_alerts_after_it_and_never_before_and_a_second_run_changes_nothing(
     assert table(db, "alerts").drop("created_at").equals(first_alerts.drop("created_at"))
     assert table(db, "predictions").equals(filled)  # realised returns written once, never rewritten
     assert metric_steps(market["uri"]) == mlflow_steps  # nothing logged twice
+    assert monitoring_run(market["uri"]).data.tags["mlflow.note.content"].startswith(f"**monitor**: {again[-1]}")
+
+
+def monitoring_run(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.`forecast.monitor` = 'forecast/1'")[0]
 
 
 def metric_steps(uri: str) -> list[int]:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
-    run = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                             "tags.`forecast.monitor` = 'forecast/1'")[0]
-    return [m.step for m in client.get_metric_history(run.info.run_id, "monitor/rank_ic")]
+    return [m.step for m in MlflowClient(uri).get_metric_history(monitoring_run(uri).info.run_id, "monitor/rank_ic")]
 
 
 def test_shift_is_input_drift_of_that_series_only(market, tmp_path, capsys):

@@ -49,13 +49,16 @@ def monitor(cfg) -> int:
     scores = realised.session_scores(frame, int(cfg.block), float(cfg.cost_bps), horizon)
     rows = performance_alerts(job, frame, scores, detector(cfg.detector)) + input_alerts(job, frame, cfg.input)
     new = alerts.write(job.engine, rows)
-    if cfg.log_mlflow and scores.height:
-        from forecast.tracking import monitoring
+    from forecast.tracking import monitoring
 
-        monitoring.log_scores(job.tracking_uri, job.name, job.version, job.run_id, scores)
+    logged = cfg.log_mlflow and scores.height
+    run_id = monitoring.log_scores(job.tracking_uri, job.name, job.version, job.run_id, scores) if logged else None
     if cfg.retrain:
         new += maybe_retrain(job, scores, cfg.challenger)
-    print(report(job, scores, alerts.read(job.engine, job.name, job.version, job.date), new, int(cfg.show)))
+    text = report(job, scores, alerts.read(job.engine, job.name, job.version, job.date), new, int(cfg.show))
+    print(text)
+    if run_id:
+        monitoring.describe(job.tracking_uri, run_id, text)
     return 0
 
 

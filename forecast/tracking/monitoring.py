@@ -33,6 +33,14 @@ def monitoring_run(client: MlflowClient, model: str, version: str, model_run_id:
     return run.info.run_id
 
 
+def describe(tracking_uri: str, run_id: str, text: str) -> None:
+    """The monitoring run's description (the UI's Overview): the last line monitor printed, then all
+    of it (the alerts and the rolling IC)."""
+    from forecast.tracking.review import DESCRIPTION
+
+    MlflowClient(tracking_uri).set_tag(run_id, DESCRIPTION, f"**monitor**: {text.splitlines()[-1]}\n\n```\n{text}\n```")
+
+
 def validation_ic(client: MlflowClient, run_id: str) -> float:
     return client.get_run(run_id).data.metrics.get("val/best_ic", math.nan)
 
