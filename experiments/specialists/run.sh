@@ -6,10 +6,7 @@ set -euo pipefail
 URI=sqlite:///outputs/specialists/mlflow.db
 OUT=experiments/specialists
 if [ -z "${FULL:-}" ]; then
-  R=outputs/modality_ablation/raw S=outputs/modality_ablation/store
-  [ -f $S/manifest.parquet ] || { python -m forecast synth out=$R tickers=50 days=1500 seed=0 end=2024-12-31 news_rate=0.1 \
-      strength.price=0.08 strength.exogenous=0.08 strength.calendar=0.08 strength.news=0.3
-    python -m forecast ingest path=$R/prices store=$S exogenous.path=$R/macro.csv 'exogenous.lag_days={CPI:45}' news.path=$R/news.csv; }
+  bash experiments/modality_ablation/market.sh   # the synthetic market, built once
   FULL=$(python -m forecast train experiment=modality_ablation model.d_model=128 model.backbone.n_layers=4 \
       trainer.max_epochs=${EPOCHS:-2} logger.tracking_uri=$URI trainer.default_root_dir=outputs/specialists/ckpt \
       trainer.enable_progress_bar=false | tail -1 | sed 's/run_id=\([0-9a-f]*\).*/\1/')
