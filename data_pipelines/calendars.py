@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -74,14 +75,18 @@ def sessions(code: str, start: dt.date) -> pl.Series:
 def _session_days(code: str, decade: dt.date) -> np.ndarray:
     """(S,) datetime64[D] sessions, kept on disk between runs: building the two dozen calendars an
     exchange fit needs takes seconds, loading them milliseconds. A cached array is used while it
-    runs SESSION_CACHE_DAYS past today (a fresh build runs a year past it) and for the same
-    exchange-calendars version, whose rules alone decide the sessions."""
+    runs SESSION_CACHE_DAYS past today (a fresh build runs a year past it), or for a day after it
+    was built (a calendar whose holidays are listed only to a fixed year, such as XSHG, ends
+    sooner: rebuilt once a day, not on every run), and for the same exchange-calendars version,
+    whose rules alone decide the sessions."""
     import exchange_calendars as xcals
 
     path = _cache_dir() / f"{code}-{decade.isoformat()}-xcals{xcals.__version__}.npy"
     try:
         days = np.load(path)
-        if days.dtype == np.dtype("datetime64[D]") and days[-1] >= np.datetime64(dt.date.today()) + SESSION_CACHE_DAYS:
+        fresh = time.time() - path.stat().st_mtime < 86_400
+        if days.dtype == np.dtype("datetime64[D]") and (
+                fresh or days[-1] >= np.datetime64(dt.date.today()) + SESSION_CACHE_DAYS):
             return days
     except (OSError, ValueError, IndexError):
         pass

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from operator import attrgetter
 from pathlib import Path
 
 import polars as pl
@@ -64,25 +65,42 @@ def listing(path: str | Path) -> tuple[pl.DataFrame, dict[str, str], dict[str, s
 def _list_folder(here: Path, seen: set, cols: tuple, skipped: dict, rejected: dict) -> None:
     """Append the data files under `here` to `cols` in Path order: its entries by name, files and
     folders alike, each folder's files where its name falls (a depth-first walk; no global sort).
-    As os.walk, the folders of one level are all marked seen before any is read."""
+    As os.walk, the folders of one level are all marked seen before any is read. The loop is the
+    cost of a hundred thousand files: one is_dir (no syscall: the entry's type), one lstat."""
     try:
         with os.scandir(here) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            entries = sorted(it, key=attrgetter("name"))
     except OSError as e:
         rejected[str(e.filename)] = f"cannot list this folder ({e.strerror})"
         return
     prefix = os.path.join(os.path.realpath(here), "")
-    folders = {e.name for e in entries if _is_dir(e) and _accepted(e, seen, skipped)}  # marked before descending
+    dirs = [e for e in entries if _is_dir(e)]
+    folders = {e.name for e in dirs if _accepted(e, seen, skipped)}  # marked before descending
+    dirs = {e.name for e in dirs}
+    paths, reals, sizes, mtimes = cols
     for entry in entries:
-        if entry.name in folders:
-            _list_folder(Path(entry.path), seen, cols, skipped, rejected)
-        elif not _is_dir(entry):
-            row = _entry_row(entry, prefix)
-            if isinstance(row, tuple):
-                for col, value in zip(cols, row):
-                    col.append(value)
-            else:
-                (skipped if row == NOT_DATA else rejected)[entry.path] = row
+        name = entry.name
+        if name in dirs:
+            if name in folders:
+                _list_folder(Path(entry.path), seen, cols, skipped, rejected)
+            continue
+        if not is_data_name(name):
+            skipped[entry.path] = NOT_DATA
+            continue
+        try:
+            plain = entry.is_file(follow_symlinks=False) and not entry.is_symlink()
+            st = entry.stat(follow_symlinks=False) if plain else None
+        except OSError as e:
+            rejected[entry.path] = f"cannot read ({e.strerror})"
+            continue
+        row = (entry.path, prefix + name, st.st_size, st.st_mtime_ns) if plain else _entry_row(entry)
+        if isinstance(row, str):
+            (skipped if row == NOT_DATA else rejected)[entry.path] = row
+            continue
+        paths.append(row[0])
+        reals.append(row[1])
+        sizes.append(row[2])
+        mtimes.append(row[3])
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
@@ -104,15 +122,10 @@ def _accepted(entry: os.DirEntry, seen: set, skipped: dict) -> bool:
     return True
 
 
-def _entry_row(entry: os.DirEntry, real_prefix: str) -> tuple | str:
-    """(path, real path, size, mtime_ns) of a data file, or why it is not read. A regular file costs
-    one lstat; a link is resolved and checked on its own."""
-    if not is_data_name(entry.name):
-        return NOT_DATA
+def _entry_row(entry: os.DirEntry) -> tuple | str:
+    """(path, real path, size, mtime_ns) of a data file that is not a plain regular file (a link, a
+    special file), or why it is not read: a link is resolved and checked on its own."""
     try:
-        if not entry.is_symlink() and entry.is_file(follow_symlinks=False):
-            st = entry.stat(follow_symlinks=False)
-            return entry.path, real_prefix + entry.name, st.st_size, st.st_mtime_ns
         why = _file_problem(Path(entry.path))
         if why is not None:
             return why

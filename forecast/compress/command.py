@@ -85,6 +85,9 @@ def load_teacher(run_id: str, cfg: DictConfig):
     if cfg.data.get("store"):
         teacher_cfg.data.store = str(cfg.data.store)
     teacher = runs.load_model(run_id).eval()
+    if hasattr(teacher, "members"):
+        raise UserError(f"model: a seed ensemble of {len(teacher.members)} networks (model.ensemble); compress "
+                        "takes one network: train it with model.ensemble=1")
     if exportable(teacher) is None:
         raise UserError(f"model: {type(teacher.backbone).__name__} declares no ONNX export (EXPORTABLE); "
                         "nothing to compress it into")

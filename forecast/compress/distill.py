@@ -21,7 +21,7 @@ import warnings
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from forecast.resources import conf_dir
 from forecast.training.fit import fit, forecast
@@ -53,8 +53,11 @@ def blended(dm, teacher: torch.Tensor, alpha: float):
 
 def student_model_config(model_cfg: DictConfig, width: int | None, depth: int | None,
                          backbone: str | None) -> DictConfig:
-    """The teacher's model config with another width (every d_model), depth and/or backbone."""
+    """The teacher's model config with another width (every d_model), depth and/or backbone; one
+    network, also when the teacher is a seed ensemble (`ensemble`)."""
     cfg = copy.deepcopy(model_cfg)
+    with open_dict(cfg):
+        cfg.pop("ensemble", None)
     if backbone and backbone != _name(cfg.backbone):
         fresh = OmegaConf.load(conf_dir() / "model" / "backbone" / f"{backbone}.yaml")
         fresh.d_model, fresh.dropout = cfg.backbone.d_model, cfg.backbone.get("dropout", 0.0)

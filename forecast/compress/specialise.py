@@ -81,7 +81,8 @@ def setup(cfg: DictConfig, run_id: str) -> Setup:
     s = Setup(cfg, full, full_cfg, run_id, runs.load_predict_state(run_id), dm, splits)
     s.full_scores = {name: accuracy.torch_scores(full, split) for name, split in splits.items()}
     s.teacher_train = torch.from_numpy(s.full_scores["train"]).float()  # (N_train,) in anchor order
-    print(f"full model {run_id}: {type(full.backbone).__name__}, modalities {list(full.encoders)}, "
+    first = getattr(full, "members", [full])[0]  # a seed ensemble's members share their config
+    print(f"full model {run_id}: {type(first.backbone).__name__}, modalities {list(first.encoders)}, "
           f"{sum(p.numel() for p in full.parameters()):,} parameters, test IC "
           f"{accuracy.val_ic(splits['test'], s.full_scores['test']):.4f}")
     return s

@@ -100,6 +100,7 @@ class MarketData(Part):
 
 class Forecaster(Part):
     d_model: Annotated[int, Field(ge=2)]
+    ensemble: PosInt = 1  # members of a seed ensemble (forecast/model/ensemble.py)
     modalities: list[Name]
     encoders: dict
     fusion: dict

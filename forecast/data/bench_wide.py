@@ -97,6 +97,7 @@ def child(args: dict) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    from forecast.model import ensemble
     from forecast.resources import conf_dir, register_resolvers
 
     if args["threads"]:
@@ -117,7 +118,7 @@ def child(args: dict) -> None:
     out.update(first_batch_s=round(time.perf_counter() - start, 2))
     if args["data_epoch"]:
         out.update(_data_epoch(dm))
-    model = instantiate(cfg.model, dims=dm.dims)
+    model = ensemble.build(cfg.model, dm.dims)
     first = _first_batch(L.Callback)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=args["train_batches"] or 1.0,
                         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,

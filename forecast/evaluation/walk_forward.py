@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from forecast.errors import ConfigError
 from forecast.evaluation.calibration import calibrated_forecasts
+from forecast.model import ensemble
 from forecast.tracking import runs
 from forecast.training.fit import fit
 
@@ -85,7 +86,7 @@ def fit_predict(cfg: DictConfig, dm, name: str, fold: Fold, parent_id: str) -> t
     process. Returns the forecasts in log-return units (`pred`, and `q<percent>` from a quantile
     head), in the order of the test anchors, and {val_loss, scale, val_ic, val_mse_rel, ...}."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = instantiate(cfg.model, dims=dm.dims)
+    model = ensemble.build(cfg.model, dm.dims)
     with runs.open_run(f"fold {fold.index} {name}", parent=parent_id) as run_id:
         runs.set_tags({"fold": fold.index, "network": name})
         runs.log_params({f"fold.{k}": v for k, v in fold.bounds().items()})

@@ -19,12 +19,15 @@ class Forecaster(L.LightningModule):
     """Encoders and fusion arrive as partials (they need the data's dims and the fused modalities);
     backbone and head ready-built. `modalities` picks which of the configured encoders this model uses.
     A head may take some modalities for itself (`FactorHead` with `exclusive`); the fusion and the
-    backbone see the others."""
+    backbone see the others. `ensemble` > 1 is for forecast/model/ensemble.py, which builds N of these."""
 
     def __init__(self, encoders: dict[str, Callable[..., nn.Module]], fusion: Callable[..., nn.Module],
                  backbone: nn.Module, head: nn.Module, optimizer: Callable, dims: dict, d_model: int,
-                 modalities: list[str], scheduler: Callable | None = None):
+                 modalities: list[str], scheduler: Callable | None = None, ensemble: int = 1):
         super().__init__()
+        if int(ensemble) != 1:
+            raise ConfigError("model.ensemble", f"{ensemble}: a seed ensemble is built by "
+                              "forecast.model.ensemble.build(cfg.model, dims), not as one Forecaster")
         dims = {k: int(v) for k, v in dims.items()}
         modalities = [str(m) for m in modalities]
         unknown = sorted(set(modalities) - set(encoders))

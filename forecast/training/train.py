@@ -19,6 +19,7 @@ from forecast.evaluation.metrics import flat_metrics, rank_metrics
 from forecast.evaluation.quantiles import with_head_quantiles
 from forecast.evaluation.report import point_report
 from forecast.evaluation.scoring import score_points, with_baselines
+from forecast.model import ensemble
 from forecast.tracking import registry, review, runs, serving
 from forecast.tracking.sweep import PARENT_RUN_ENV, trial_tags
 from forecast.training.fit import fit, forecast
@@ -33,7 +34,7 @@ def train(cfg: DictConfig) -> float:
     check_names(cfg.get("baselines", []), "baselines")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_data(cfg)  # user errors surface here, before anything is written to the tracking store
-    model = instantiate(cfg.model, dims=dm.dims)
+    model = ensemble.build(cfg.model, dm.dims)
     experiment_id = runs.connect(cfg.logger)
     if cfg.get("init_from") and ckpt is None:
         print(load_pretrained(model, runs.load_model(str(cfg.init_from)), str(cfg.init_from),

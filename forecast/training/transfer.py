@@ -21,15 +21,24 @@ def check_freeze(freeze: list[str]) -> None:
 
 
 def load_pretrained(model: nn.Module, source: nn.Module, name: str, freeze: list[str]) -> str:
-    """Copy `source`'s tensors of matching name and shape into `model`; freeze the `freeze` parts."""
+    """Copy `source`'s tensors of matching name and shape into `model`; freeze the `freeze` parts.
+    Seed ensembles (forecast/model/ensemble.py) go member by member: an ensemble source of as many
+    members gives member i to member i, any other source its (first) network to every member."""
     check_freeze(freeze)
-    weights, own = source.state_dict(), model.state_dict()
-    loaded = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(k for k in own if k not in loaded)
-    model.load_state_dict(loaded, strict=False)
-    for part in freeze:
-        for p in getattr(model, part).parameters():
-            p.requires_grad_(False)
+    targets = list(getattr(model, "members", [model]))
+    sources = list(getattr(source, "members", [source]))
+    if len(sources) != len(targets):
+        sources = [sources[0]] * len(targets)
+    loaded, total, skipped = 0, 0, set()
+    for target, src in zip(targets, sources):
+        weights, own = src.state_dict(), target.state_dict()
+        match = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+        target.load_state_dict(match, strict=False)
+        loaded, total = loaded + len(match), total + len(own)
+        skipped |= {k for k in own if k not in match}
+        for part in freeze:
+            for p in getattr(target, part).parameters():
+                p.requires_grad_(False)
     frozen = f", frozen: {freeze}" if freeze else ""
-    return (f"init_from {name}: loaded {len(loaded)}/{len(own)} tensors"
-            + (f", kept fresh: {skipped}" if skipped else "") + frozen)
+    return (f"init_from {name}: loaded {loaded}/{total} tensors"
+            + (f", kept fresh: {sorted(skipped)}" if skipped else "") + frozen)
