@@ -27,7 +27,7 @@ from forecast.model.forecaster import NOT_INPUTS, Forecaster
 
 def build(model_cfg: DictConfig, dims: dict) -> L.LightningModule:
     """The model of `model_cfg`: one Forecaster, or an Ensemble of `model_cfg.ensemble` of them."""
-    n = int(model_cfg.get("ensemble") or 1)
+    n = int(model_cfg.get("ensemble", 1))
     if n < 1:
         raise ConfigError("model.ensemble", f"must be at least 1, got {n}")
     members = [instantiate(model_cfg, dims=dims, ensemble=1) for _ in range(n)]
