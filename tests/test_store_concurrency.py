@@ -299,10 +299,10 @@ def sample_drop(folder: Path, scale: float) -> Path:
 
 
 REINGEST = """
-import subprocess, sys, time
-store, a, b, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-n, end = 0, time.monotonic() + seconds
-while time.monotonic() < end:
+import pathlib, subprocess, sys
+store, a, b, stop = sys.argv[1], sys.argv[2], sys.argv[3], pathlib.Path(sys.argv[4])
+n = 0
+while not stop.exists():
     subprocess.run([sys.executable, "-m", "forecast", "ingest", f"path={(a, b)[n % 2]}", f"store={store}",
                     "mode=replace"], check=True, capture_output=True)
     n += 1
@@ -318,25 +318,32 @@ def test_train_and_predict_finish_while_ingests_replace_the_store(tmp_path_facto
 
     model, store = trained_model(tmp_path_factory), tmp_path / "store"
     a, b = sample_drop(tmp_path / "a", 1.0), sample_drop(tmp_path / "b", 1.01)
+    stop = tmp_path / "stop"
     subprocess.run(cli(f"path={a}", f"store={store}"), cwd=ROOT, check=True, capture_output=True)
-    writer = subprocess.Popen([sys.executable, "-c", REINGEST, str(store), str(a), str(b), "60"], cwd=ROOT,
+    writer = subprocess.Popen([sys.executable, "-c", REINGEST, str(store), str(a), str(b), str(stop)], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    train = subprocess.Popen([sys.executable, "-m", "forecast", "train", *TINY, f"data.store={store}",
-                              "data.tickers=[IXIC,SPX]", f"logger.tracking_uri=sqlite:///{tmp_path}/train.db",
-                              f"trainer.default_root_dir={tmp_path}/ckpt"], cwd=ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    predicted = [subprocess.run([sys.executable, "-m", "forecast", "predict", f"model={model['run_id']}",
-                                 f"logger.tracking_uri={model['tracking_uri']}", f"data.store={store}",
-                                 f"date={day}", f"predictions.url=sqlite:///{tmp_path}/predictions.db"],
-                                cwd=ROOT, env=env, capture_output=True, text=True)
-                 for day in ("2018-12-27", "2018-12-28", "2018-12-31")]
-    trained = train.communicate(timeout=600)
-    assert train.returncode == 0, trained[1][-2000:]
-    for proc in predicted:
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    assert writer.poll() is None, f"the writer stopped before train and predict finished: {writer.stderr.read()}"
-    writer.kill()
-    replaced = writer.communicate()[0].split()
-    assert len(replaced) >= 2, f"only {len(replaced)} replacements ran while train and predict read"
+    try:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        train = subprocess.Popen([sys.executable, "-m", "forecast", "train", *TINY, f"data.store={store}",
+                                  "data.tickers=[IXIC,SPX]", f"logger.tracking_uri=sqlite:///{tmp_path}/train.db",
+                                  f"trainer.default_root_dir={tmp_path}/ckpt"], cwd=ROOT, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        predicted = [subprocess.run([sys.executable, "-m", "forecast", "predict", f"model={model['run_id']}",
+                                     f"logger.tracking_uri={model['tracking_uri']}", f"data.store={store}",
+                                     f"date={day}", f"predictions.url=sqlite:///{tmp_path}/predictions.db"],
+                                    cwd=ROOT, env=env, capture_output=True, text=True)
+                     for day in ("2018-12-27", "2018-12-28", "2018-12-31")]
+        trained = train.communicate(timeout=600)
+        assert train.returncode == 0, trained[1][-2000:]
+        for proc in predicted:
+            assert proc.returncode == 0, proc.stderr[-2000:]
+        assert writer.poll() is None, f"the writer stopped before train and predict finished: {writer.stderr.read()}"
+    finally:
+        stop.touch()
+        try:
+            replaced, failed = writer.communicate(timeout=300)
+        finally:
+            writer.kill()
+    assert writer.returncode == 0, f"an ingest failed while train and predict read: {failed[-2000:]}"
+    assert len(replaced.split()) >= 2, f"only {len(replaced.split())} replacements ran while train and predict read"
     consistent(store)
