@@ -94,7 +94,7 @@ BENCH = [
     (["ingest", "dirty=2"], "dirty"),
 ]
 QUALITY = [  # forecast quality (issue 19): calibration and the quantile head
-    (["evaluate.calibrate=isotonic"], "evaluate.calibrate"),
+    (["calibrate=isotonic"], "calibrate"),
     (["model/head=quantile", "model.head.quantiles=[0.1,0.9]"], "model.head.quantiles"),
     (["model/head=quantile", "model.head.quantiles=[0.5,1.5]"], "model.head.quantiles"),
     (["model/head=quantile", "model.head.quantiles=[0.1,0.5,0.5]"], "model.head.quantiles"),

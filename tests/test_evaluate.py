@@ -112,7 +112,7 @@ def test_two_fold_evaluate_logs_model_and_baselines_to_mlflow(tmp_path, capsys):
     cfg_args = [*TINY, f"logger.tracking_uri={uri}", f"trainer.default_root_dir={tmp_path}/ckpt",
                 "evaluate.start=2017-01-01", "evaluate.end=2018-01-01", "evaluate.retrain_every=126",
                 "evaluate.val_sessions=252", "evaluate.n_boot=100",
-                "evaluate.calibrate=none"]  # calibrated, a 2-epoch model is the constant hist_mean: no IC to log
+                "calibrate=none"]  # calibrated, a 2-epoch model is the constant hist_mean: no IC to log
     mse = evaluate(_cfg(*cfg_args))
     out = capsys.readouterr().out.strip().splitlines()
     m = re.fullmatch(r"run_id=(\w+) tracking_uri=(\S+)", out[-1])

@@ -85,7 +85,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     assert resumed == killed.info.run_id  # the same MLflow run continues, with its own config
     assert "not applied: " in stderr and "trainer.max_epochs=2 (run: 5)" in stderr  # the given values are named
     a_m, b_m = _metrics(tmp_path / "a", whole), _metrics(b, resumed)
-    for key in ["test/mse", "test/ic", "val/best_loss"]:
+    for key in ["test/mse", "baseline/uncalibrated/test/ic", "calibration/scale", "val/best_loss"]:
         assert a_m[key] == pytest.approx(b_m[key], rel=1e-6, abs=1e-12), key
     steps = [m.step for m in client.get_metric_history(resumed, "val/loss")]
     assert len(steps) == 5 and len(set(steps)) == 5  # one value per epoch, none duplicated
@@ -147,7 +147,7 @@ def _check_predictions(model, run, logged):
     batch = dm.dataset("test")[list(range(16))]
     with torch.no_grad():
         out = model(batch["x"], batch["ticker"]).double().numpy() * dm.target_std
-    assert np.allclose(out, logged["pred"][:16].to_numpy(), atol=1e-7)
+    assert np.allclose(out, logged["pred_uncalibrated"][:16].to_numpy(), atol=1e-7)  # the raw module's forecast
 
 
 def test_ddp_on_two_cpu_processes_logs_one_run(tmp_path):

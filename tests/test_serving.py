@@ -98,9 +98,11 @@ class Exogenous(torch.nn.Module):
 
 def test_float64_inputs_of_a_json_request_are_served_as_float32():
     """A served request's floats arrive as float64 (JSON has no float width): the same forecasts."""
+    from forecast.evaluation.calibration import Calibration
     from forecast.tracking.serving import ForecastModel
 
     served = ForecastModel()
+    served.calibration = Calibration()  # none stored: the raw forecast
     served.module, served.scale = Exogenous().eval(), 0.01
     rng = np.random.default_rng(0)
     x, exog = rng.standard_normal((4, 8, 2)).astype(np.float32), rng.standard_normal((4, 8, 1)).astype(np.float32)

@@ -56,12 +56,18 @@ def test_run_holds_artifacts_and_a_loadable_model(tracked_run, tmp_path):
     mlflow.set_tracking_uri(uri)
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     from hydra.utils import instantiate
+
+    from forecast.evaluation.calibration import Calibration
     dm = instantiate(cfg.data)
     dm.setup()
     batch = dm.dataset("test")[list(range(8))]
     with torch.no_grad():
         out = model(batch["x"], batch["ticker"]).double().numpy() * dm.target_std
-    assert np.allclose(out, preds["pred"][:8].to_numpy(), atol=1e-6)
+    assert np.allclose(out, preds["pred_uncalibrated"][:8].to_numpy(), atol=1e-6)  # the raw module's forecast
+    state = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/predict/state.json")
+    calibrated = Calibration.from_state(state["calibration"]).point(out)  # calibrate=shrink_mean, the default
+    assert state["calibration"]["method"] == "shrink_mean"
+    assert np.allclose(calibrated, preds["pred"][:8].to_numpy(), atol=1e-6)
     assert preds.height == len(dm.anchors["test"])
 
 

@@ -47,6 +47,7 @@ class Train(Command):
     init_from: Name | None = None
     freeze: list[Name] = []
     baselines: list[Name] = []
+    calibrate: Literal["none", "slope", "shrink", "shrink_mean"] = "none"
 
     @field_validator("modalities")
     @classmethod
@@ -101,7 +102,6 @@ class WalkForward(BaseModel):
     ci: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
     n_boot: Annotated[int, Field(ge=10)] = 1000
     workers: PosInt | None = None
-    calibrate: Literal["none", "slope", "shrink", "shrink_mean"] = "none"
 
     @field_validator("baselines")
     @classmethod

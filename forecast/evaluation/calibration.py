@@ -19,10 +19,17 @@ origin) on validation gives the scale b that makes the forecast calibrated there
 
 A positive b leaves IC, rank IC and the sign strategy unchanged; b = 0 makes the forecast the random
 walk for that fold (no IC, a flat book).
+
+A quantile head's levels are recalibrated on the same validation split (forecast/evaluation/quantiles.py).
+
+What is fitted is one `Calibration`, applied the same way wherever a forecast is made: by evaluate on
+each fold's test block, by train on its test split, and with the registered model by `predict` and the
+served pyfunc (train stores it in the run's predict state, key `calibration`).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import polars as pl
@@ -30,6 +37,72 @@ import polars as pl
 from forecast.evaluation.quantiles import column
 
 METHODS = ("none", "slope", "shrink", "shrink_mean")
+HALF_LIFE = 10.0  # sessions: the EWMA volatility that sets quantiles in the `volatility` mode
+
+
+@dataclass
+class Calibration:
+    """A model's raw forecasts (log-return units) to calibrated ones: the point m + b (f - m), and
+    quantile levels rescaled around the median (`spread`: q50 + s (q - q50)) or set from volatility
+    (`volatility`: q50 + sigma_t d, d the levels of the standardised history about its median; sigma_t
+    the EWMA volatility of the returns in the sample's own input window, window_volatility, so that a
+    served window, predict and evaluate all give the same quantiles)."""
+    method: str = "none"
+    anchor: float = 0.0  # m: the training mean for shrink_mean, else 0
+    scale: float = 1.0  # b in [0, 1]
+    quantiles: str = "none"  # none | spread | volatility
+    taus: list[float] = field(default_factory=list)
+    spread: list[float] = field(default_factory=list)  # (Q,) s_tau, 1 at the median
+    levels: list[float] = field(default_factory=list)  # (Q,) d_tau = c_tau - c_0.5
+    sigma_default: float = 0.0  # for a window without a nonzero return: the history's median sigma
+    horizon: int = 1
+
+    def point(self, f: np.ndarray) -> np.ndarray:
+        return self.anchor + self.scale * (np.asarray(f, dtype=np.float64) - self.anchor)
+
+    def quantile(self, q: np.ndarray, sigma: np.ndarray | None = None) -> np.ndarray:
+        """q (N, Q) of the head, recalibrated; `sigma` (N,) each window's volatility (`volatility` mode)."""
+        from forecast.evaluation.quantiles import apply_spread
+
+        if self.quantiles == "spread":
+            return apply_spread(q, np.asarray(self.spread), self.taus)
+        if self.quantiles == "volatility":
+            mid = q[:, [self.taus.index(0.5)]]  # (N, 1)
+            sigma = np.where(np.asarray(sigma) > 0, sigma, self.sigma_default)  # (N,)
+            return mid + sigma[:, None] * np.asarray(self.levels)[None, :]
+        return q
+
+    def describe(self) -> str:
+        """One line: what the forecast is, and what b = 0 means when it is 0."""
+        line = f"calibrate={self.method}: forecast = {self.anchor:+.3e} + {self.scale:.3f} x (raw - {self.anchor:+.3e})"
+        if self.scale == 0.0:
+            line += (" (no evidence on validation that the raw forecast predicts returns: the forecast is the"
+                     f" {'training mean' if self.method == 'shrink_mean' else 'zero forecast'}; the raw one is"
+                     " scored as 'uncalibrated'; calibrate=none keeps it)")
+        return line
+
+    def state(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> Calibration:
+        """The stored calibration; none stored (a model from before it existed) is the identity."""
+        return cls(**state) if state else cls()
+
+
+def window_volatility(ret: np.ndarray, horizon: int = 1, half_life: float = HALF_LIFE) -> np.ndarray:
+    """(N,) the EWMA volatility (half-life 10 sessions, RiskMetrics-like) of each window's daily log
+    returns `ret` (N, L), oldest first, times sqrt(horizon): the window is all the history a sample
+    carries, in evaluate, predict and a served request alike."""
+    r2 = np.nan_to_num(np.asarray(ret, dtype=np.float64)) ** 2  # (N, L)
+    w = (0.5 ** (1.0 / half_life)) ** np.arange(r2.shape[1])[::-1]  # (L,) the newest session weighs 1
+    return np.sqrt(r2 @ w / w.sum()) * horizon ** 0.5
+
+
+def anchor_volatility(ret: np.ndarray, anchors: np.ndarray, window: int, horizon: int) -> np.ndarray:
+    """(N,) window_volatility of the windows ending at rows `anchors` of a per-row return column (rows,)."""
+    rows = np.asarray(anchors)[:, None] + np.arange(-window + 1, 1)[None, :]  # (N, L)
+    return window_volatility(np.asarray(ret)[rows], horizon)
 
 
 def fit_scale(pred: np.ndarray, realised: np.ndarray, method: str) -> float:
@@ -52,18 +125,34 @@ def fit_scale(pred: np.ndarray, realised: np.ndarray, method: str) -> float:
     return max(slope * max(0.0, 1.0 - 1.0 / t2), 2 * slope - 1)  # >= 2 slope - 1: not worse than b = 1
 
 
-def calibrated_forecasts(model, dm, method: str) -> tuple[pl.DataFrame, dict[str, float]]:
+def calibrated_forecasts(model, dm, method: str) -> tuple[pl.DataFrame, dict[str, float], Calibration]:
     """The test split's forecasts of a fitted model, calibrated on its validation split: (ticker,
     date, realised, pred) in log-return units, `pred_uncalibrated` unless `method` is none, and
     `q<percent>` columns from a quantile head (recalibrated on validation unless `method` is none,
     forecast/evaluation/quantiles.py). Also {scale, val_ic, val_mse_rel, val_mse_rel_calibrated, ...}:
     the factor b, the raw validation forecast's IC and MSE relative to the zero forecast, and the
-    calibrated one's (what a configuration is chosen on; the test split chooses nothing)."""
-    from forecast.evaluation.metrics import rank_metrics
+    calibrated one's (what a configuration is chosen on; the test split chooses nothing), and the
+    fitted Calibration."""
     from forecast.training.fit import forecast
 
     head = model.head
     val_raw, raw = forecast(model, dm.val_dataloader()), forecast(model, dm.test_dataloader())  # (N,) | (N, Q)
+    cal, info = fit(dm, head, val_raw, method)
+    frame = dm.predictions_frame("test", head.point(raw))
+    if method != "none":  # the raw forecast beside it, scored as the baseline 'uncalibrated'
+        frame = frame.with_columns(pred_uncalibrated=pl.col("pred"), pred=cal.point(frame["pred"].to_numpy()))
+    if raw.dim() == 2:  # a quantile head: (N, Q)
+        sigma = anchor_volatility(dm.frame["ret"].to_numpy(), dm.anchors["test"].numpy(), dm.window, dm.horizon)
+        q = cal.quantile(raw.double().numpy() * dm.target_std, sigma)
+        frame = frame.with_columns(*[pl.Series(column(t), q[:, j]) for j, t in enumerate(head.taus)])
+    return frame, info, cal
+
+
+def fit(dm, head, val_raw, method: str) -> tuple[Calibration, dict[str, float]]:
+    """The Calibration of `method` fitted on the validation forecasts `val_raw` (N,) | (N, Q) of a
+    model with `head`, and what it was chosen on (see calibrated_forecasts)."""
+    from forecast.evaluation.metrics import rank_metrics
+
     val = dm.predictions_frame("val", head.point(val_raw))
     f, y = val["pred"].to_numpy(), val["realised"].to_numpy()
     anchor = dm.target_mean if method == "shrink_mean" else 0.0  # what the forecast is shrunk towards
@@ -74,25 +163,22 @@ def calibrated_forecasts(model, dm, method: str) -> tuple[pl.DataFrame, dict[str
     for other in ("shrink", "shrink_mean"):  # both anchors' validation MSE, whichever is in use
         m = dm.target_mean if other == "shrink_mean" else 0.0
         info[f"val_mse_rel_{other}"] = float(np.mean((m + fit_scale(f - m, y - m, other) * (f - m) - y) ** 2)) / zero
-    frame = dm.predictions_frame("test", head.point(raw))
-    if method != "none":  # the raw forecast beside it, scored as the baseline 'uncalibrated'
-        frame = frame.with_columns(pred_uncalibrated=pl.col("pred"), pred=anchor + b * (pl.col("pred") - anchor))
-    if raw.dim() == 2:  # a quantile head: (N, Q)
-        q, q_info = _quantiles(dm, head.taus, val_raw, raw, y, method != "none")
-        frame = frame.with_columns(*[pl.Series(column(t), q[:, j]) for j, t in enumerate(head.taus)])
-        info.update(q_info)
-    return frame, info
+    cal = Calibration(method, float(anchor), float(b), horizon=int(dm.horizon))
+    if val_raw.dim() == 2 and method != "none":
+        info.update(_fit_quantiles(cal, dm, list(head.taus), val_raw.double().numpy() * dm.target_std, y))
+    return cal, info
 
 
-def _quantiles(dm, taus: list[float], val_raw, raw, y_val: np.ndarray, recalibrate: bool):
-    """The test quantiles (N, Q) in log-return units, recalibrated on validation when asked."""
-    from forecast.evaluation.quantiles import recalibrated, volatility
+def _fit_quantiles(cal: Calibration, dm, taus: list[float], q_val: np.ndarray, y_val: np.ndarray) -> dict:
+    """Choose and set `cal`'s quantile mode on validation (quantiles.recalibrate); returns what it
+    was chosen on."""
+    from forecast.evaluation.quantiles import recalibrate
 
-    q_val, q = (r.double().numpy() * dm.target_std for r in (val_raw, raw))  # (N, Q)
-    if not recalibrate:
-        return q, {}
-    sigma = volatility(dm.frame, dm.horizon)  # (rows,) causal EWMA volatility at each anchor
     history = np.concatenate([dm.anchors["train"].numpy(), dm.anchors["val"].numpy()])
-    z = dm.frame["target"].to_numpy()[history] / sigma[history]  # standardised realised returns
-    return recalibrated(q_val, y_val, q, sigma[dm.anchors["val"].numpy()], sigma[dm.anchors["test"].numpy()],
-                        z, list(taus))
+    sigma = anchor_volatility(dm.frame["ret"].to_numpy(), history, dm.window, dm.horizon)  # (H,)
+    cal.sigma_default = float(np.median(sigma[sigma > 0])) if (sigma > 0).any() else 1.0
+    sigma = np.where(sigma > 0, sigma, cal.sigma_default)
+    z = dm.frame["target"].to_numpy()[history] / sigma  # standardised realised returns
+    mode, spread, levels, info = recalibrate(q_val, y_val, sigma[len(dm.anchors["train"]):], z, taus)
+    cal.quantiles, cal.taus, cal.spread, cal.levels = mode, taus, spread.tolist(), levels.tolist()
+    return info

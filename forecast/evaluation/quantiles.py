@@ -98,36 +98,24 @@ def with_head_quantiles(frame: pl.DataFrame, raw, head, target_std: float) -> pl
     return frame.with_columns(*[pl.Series(column(t), q[:, j]) for j, t in enumerate(head.taus)])
 
 
-def volatility(frame: pl.DataFrame, horizon: int = 1, half_life: float = 10.0) -> np.ndarray:
-    """(rows,) each row's EWMA volatility of the daily log return (`ret`, sessions <= t only; half-life
-    10 sessions, RiskMetrics-like), times sqrt(horizon); rows before 5 returns get the median."""
-    sq = pl.col("ret").fill_null(0.0).fill_nan(0.0).pow(2)
-    ewm = sq.ewm_mean(half_life=half_life, min_samples=5).over("ticker").sqrt() * horizon ** 0.5
-    sigma = frame.select(ewm.alias("sigma"))["sigma"].to_numpy().astype(np.float64)
-    ok = np.isfinite(sigma) & (sigma > 0)
-    return np.where(ok, sigma, np.median(sigma[ok]) if ok.any() else 1.0)
-
-
-def recalibrated(q_val: np.ndarray, y_val: np.ndarray, q: np.ndarray, sigma_val: np.ndarray,
-                 sigma: np.ndarray, z: np.ndarray, taus: list[float]) -> tuple[np.ndarray, dict[str, float]]:
-    """The test quantiles q (N, Q) recalibrated one of two ways, whichever has the lower mean pinball
-    loss on validation (q_val (M, Q), y_val (M,)):
+def recalibrate(q_val: np.ndarray, y_val: np.ndarray, sigma_val: np.ndarray, z: np.ndarray,
+                taus: list[float]) -> tuple[str, np.ndarray, np.ndarray, dict[str, float]]:
+    """Of two recalibrations of validation quantiles q_val (M, Q) against y_val (M,), the one with the
+    lower mean pinball loss there:
     - spread: the model's quantiles, their distance from its median rescaled per level (fit_spread);
     - volatility: the model's median plus sigma_t (c_tau - c_0.5), c_tau the tau-quantile of the
       standardised history z = y / sigma (filtered historical simulation): a width that follows
       volatility clustering, with the fat tails of the history.
-    Returns the quantiles and {q_volatility: 1 when the second way was chosen, val pinball of each}."""
+    Returns (mode, the spread factors (Q,), the levels c - c_0.5 (Q,), {q_volatility, val pinball of
+    each}); calibration.Calibration.quantile applies them."""
     mid = taus.index(0.5)
     spread = fit_spread(q_val, y_val, taus)
     c = np.quantile(z[np.isfinite(z)], taus)  # (Q,)
-
-    def by_vol(qs: np.ndarray, s: np.ndarray) -> np.ndarray:
-        return qs[:, [mid]] + s[:, None] * (c - c[mid])[None, :]  # (N, Q)
-
+    levels = c - c[mid]
+    by_vol = q_val[:, [mid]] + sigma_val[:, None] * levels[None, :]  # (M, Q)
     loss = {name: float(np.mean([pinball(v[:, j], y_val, t) for j, t in enumerate(taus)]))
-            for name, v in [("spread", apply_spread(q_val, spread, taus)), ("vol", by_vol(q_val, sigma_val))]}
+            for name, v in [("spread", apply_spread(q_val, spread, taus)), ("vol", by_vol)]}
     use_vol = loss["vol"] < loss["spread"]
-    out = by_vol(q, sigma) if use_vol else apply_spread(q, spread, taus)
     info = dict(q_volatility=float(use_vol), val_pinball_spread=loss["spread"], val_pinball_vol=loss["vol"])
     info.update({f"spread_{column(t)}": float(s) for t, s in zip(taus, spread)})
-    return out, info
+    return ("volatility" if use_vol else "spread"), spread, levels, info

@@ -81,7 +81,7 @@ def fold_data(cfg: DictConfig, fold: Fold, purge: int):
 def fit_predict(cfg: DictConfig, dm, name: str, fold: Fold, parent_id: str) -> tuple[pl.DataFrame, dict]:
     """Train `cfg.model` on the fold's train split in a nested MLflow run through the one fit path
     (forecast/training/fit.py: best validation checkpoint, the test split chooses nothing), and
-    forecast the test split, calibrated on validation as `evaluate.calibrate` says
+    forecast the test split, calibrated on validation as `calibrate` says
     (forecast/evaluation/calibration.py). The nested run is a child of `parent_id`, also in a worker
     process. Returns the forecasts in log-return units (`pred`, and `q<percent>` from a quantile
     head), in the order of the test anchors, and {val_loss, scale, val_ic, val_mse_rel, ...}."""
@@ -91,6 +91,6 @@ def fit_predict(cfg: DictConfig, dm, name: str, fold: Fold, parent_id: str) -> t
         runs.set_tags({"fold": fold.index, "network": name})
         runs.log_params({f"fold.{k}": v for k, v in fold.bounds().items()})
         fitted = fit(cfg, dm, model, instantiate(cfg.logger, run_id=run_id))
-        frame, info = calibrated_forecasts(model, dm, str(cfg.evaluate.get("calibrate") or "none"))
+        frame, info, _ = calibrated_forecasts(model, dm, str(cfg.get("calibrate") or "none"))
         runs.log_metrics({f"calibration/{k}": v for k, v in info.items() if math.isfinite(v)})
     return frame.drop("ticker", "date", "realised"), dict(val_loss=fitted.val_loss, **info)

@@ -8,7 +8,8 @@ written. Each as-of session is then one transaction (predictions.py). With catch
 sessions are every session after the last one stored for this model version up to `date` (on an
 empty table from `since`, default the first session after the model's validation period; with
 `since` given, every session from it not stored yet), so a missed day is made up by the next run,
-exactly once. The model runs through THE forecast path, forecast.training.fit.forecast.
+exactly once. The model runs through THE forecast path, forecast.training.fit.forecast, and its
+forecasts are calibrated as train fitted it on validation (forecast/evaluation/calibration.py).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import polars as pl
 from sqlalchemy.engine import Engine
 
 from forecast.errors import ConfigError, UserError
+from forecast.evaluation.calibration import Calibration, anchor_volatility
 from forecast.inference import features, predictions, sessions
 
 CHUNK = 4096  # samples gathered and forecast at once; sessions are still written one by one
@@ -158,6 +160,7 @@ def run(job: Job, model, batch_size: int, clock: Clock) -> Totals:
     frame = features.read_frame(job.store, job.state, job.tickers, job.days[0], job.days[-1])
     inputs = features.inputs(frame, job.state, job.store) if frame.height else {}
     frame = frame.with_row_index("row")
+    calibration = Calibration.from_state(job.state.get("calibration"))
     clock.lap("read")
     totals = Totals()
     last_bar = dict(frame.group_by("ticker").agg(pl.col("date").max()).iter_rows())
@@ -168,7 +171,8 @@ def run(job: Job, model, batch_size: int, clock: Clock) -> Totals:
             if hasattr(model, "router"):  # a routed model: the full model alone under a drift alert
                 model.router.force = chunk[0][0] in job.alert_days
             ds = features.dataset(inputs, frame, rows, job.state["window"])
-            out = run_model(model, ds, batch_size, job.state["target_std"])
+            sigma = anchor_volatility(frame["ret"].to_numpy(), rows, job.state["window"], job.state["horizon"])
+            out = calibrated(run_model(model, ds, batch_size, job.state["target_std"]), calibration, sigma)
         clock.lap("model")
         offset = 0
         for day, anchors in chunk:
@@ -241,6 +245,13 @@ def run_model(model, ds, batch_size: int, scale: float) -> Forecasts:
         return Forecasts(raw.double().numpy() * scale, hashes=hashes)
     point = model.head.point(raw).double().numpy() * scale  # (n,) the median
     return Forecasts(point, raw.double().numpy() * scale, list(model.head.taus), hashes)
+
+
+def calibrated(out: Forecasts, calibration: Calibration, sigma: np.ndarray) -> Forecasts:
+    """`out` calibrated as train fitted it on validation (the identity for a model stored without one);
+    `sigma` (n,) each window's EWMA volatility, for quantiles set from volatility."""
+    q = None if out.quantiles is None else calibration.quantile(out.quantiles, sigma)
+    return Forecasts(calibration.point(out.point), q, out.taus, out.hashes)
 
 
 def session_rows(job: Job, day: dt.date, anchors: pl.DataFrame, out: Forecasts) -> list[dict]:

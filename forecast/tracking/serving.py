@@ -41,7 +41,12 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         import torch
 
         self.module = torch.load(context.artifacts["module"], map_location="cpu", weights_only=False).eval()
-        self.scale = json.loads(Path(context.artifacts["state"]).read_text())["target_std"]
+        from forecast.evaluation.calibration import Calibration
+
+        state = json.loads(Path(context.artifacts["state"]).read_text())
+        self.scale, self.calibration = state["target_std"], Calibration.from_state(state.get("calibration"))
+        ret = state["features"].index("ret")  # the window's daily log return, to undo its normalisation
+        self.ret = (ret, state["feature_mean"][ret], state["feature_std"][ret])
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
@@ -53,10 +58,21 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         with torch.no_grad():
             raw = self.module(**batch).double()  # (B,), or (B, Q) from a quantile head
         point = (raw if raw.dim() == 1 else self.module.head.point(raw)).numpy() * self.scale  # (B,) log returns
+        point = self.calibration.point(point)  # as train fitted it on validation
         out = {"forecast": point, "direction": np.sign(point).astype(np.int64)}
-        for j, tau in enumerate(quantile_levels(self.module) if raw.dim() == 2 else []):
-            out[f"q{round(tau * 100)}"] = raw[:, j].numpy() * self.scale
+        if raw.dim() == 2:
+            vol = self.calibration.quantiles == "volatility"
+            q = self.calibration.quantile(raw.numpy() * self.scale, self.volatility(batch["x"]) if vol else None)
+            out.update({f"q{round(tau * 100)}": q[:, j] for j, tau in enumerate(quantile_levels(self.module))})
         return pd.DataFrame(out)
+
+    def volatility(self, x) -> np.ndarray:
+        """(B,) each window's EWMA volatility from its own returns (x (B, L, F), normalised): a served
+        request carries no longer history (calibration.window_volatility)."""
+        from forecast.evaluation.calibration import window_volatility
+
+        j, mean, std = self.ret
+        return window_volatility(x[:, :, j].double().numpy() * std + mean, self.calibration.horizon)
 
 
 def quantile_levels(module) -> list[float]:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from forecast.errors import ConfigError
 from forecast.evaluation.baselines import check_names
+from forecast.evaluation.calibration import Calibration, calibrated_forecasts
 from forecast.evaluation.description import train_description
 from forecast.evaluation.metrics import flat_metrics, rank_metrics
 from forecast.evaluation.quantiles import with_head_quantiles
@@ -51,18 +52,18 @@ def train(cfg: DictConfig) -> float:
             runs.log_config(cfg, data_params(dm))
         review.tag_run(review.run_tags(cfg, "train"))
         fitted = fit(cfg, dm, model, instantiate(cfg.logger, run_id=run_id), ckpt)
-        raw = forecast(model, dm.test_dataloader())  # (N,), or (N, Q) from a quantile head
-        frame = with_head_quantiles(dm.predictions_frame("test", model.head.point(raw)), raw, model.head,
-                                    dm.target_std)
+        frame, calibration = test_forecasts(cfg, model, dm, fitted.trainer)
         frame = with_baselines(frame, dm.frame, list(cfg.get("baselines", [])))
         results, val_ic = score_points(frame), validation_ic(model, dm, fitted.trainer)
         runs.log_metrics({**flat_metrics(results), "val/best_loss": fitted.val_loss, "val/best_ic": val_ic,
                           "perf/checkpoint_fraction": fitted.checkpoint_fraction})
         review.describe(train_description(results, frame, dict(loss=fitted.val_loss, ic=val_ic)))
-        uri = log_outputs(frame, model, dm, val_ic)
+        uri = log_outputs(frame, model, dm, val_ic, calibration)
         if cfg.get("register") and not parent:  # in a sweep, forecast.tracking.sweep registers the best trial
             print(registry.promote(cfg.registry.model, cfg.registry.alias, run_id, uri, fitted.val_loss))
     print(point_report(results, float(frame.group_by("date").len()["len"].median())))
+    if calibration["method"] != "none":
+        print(Calibration.from_state(calibration).describe())
     print(runs.footer(cfg.logger.tracking_uri, experiment_id, run_id))
     return fitted.val_loss
 
@@ -83,6 +84,23 @@ def data_params(dm) -> dict[str, str]:
                           "data.tickers_resolved": ",".join(dm.frame["ticker"].unique().sort())})
 
 
+def test_forecasts(cfg: DictConfig, model, dm, trainer) -> tuple:
+    """The test split's forecasts, calibrated on validation as `calibrate` says (`pred`, and
+    `pred_uncalibrated` beside it), and the calibration's stored form (in the predict state, so that
+    predict and the pyfunc apply it). Under DDP each rank holds a shard of validation: none is fitted."""
+    method = str(cfg.get("calibrate") or "none")
+    if trainer.world_size > 1:
+        if method != "none":
+            print(f"calibrate={method}: not fitted under DDP (each rank holds a shard of validation); the "
+                  "forecasts are uncalibrated", file=sys.stderr)
+        raw = forecast(model, dm.test_dataloader())  # (N,), or (N, Q) from a quantile head
+        frame = dm.predictions_frame("test", model.head.point(raw))
+        return with_head_quantiles(frame, raw, model.head, dm.target_std), Calibration().state()
+    frame, info, calibration = calibrated_forecasts(model, dm, method)
+    runs.log_metrics({f"calibration/{k}": v for k, v in info.items() if math.isfinite(v)})
+    return frame, calibration.state()
+
+
 def validation_ic(model, dm, trainer) -> float:
     """The IC of the chosen checkpoint's validation forecasts (NaN under DDP: each rank holds a shard)."""
     if trainer.world_size > 1:
@@ -90,7 +108,7 @@ def validation_ic(model, dm, trainer) -> float:
     return rank_metrics(dm.predictions_frame("val", model.head.point(forecast(model, dm.val_dataloader()))))["ic"]
 
 
-def log_outputs(frame, model, dm, val_ic: float) -> str:
+def log_outputs(frame, model, dm, val_ic: float, calibration: dict) -> str:
     """The test forecasts (plots and Parquet), the torch model and its pyfunc; returns the pyfunc's URI,
     the one a registered version points to (so `mlflow models serve -m models:/..` takes named inputs)."""
     from forecast.evaluation.plots import close_all, plot_predictions, plot_rolling_ic
@@ -102,7 +120,8 @@ def log_outputs(frame, model, dm, val_ic: float) -> str:
     runs.log_tables({"predictions/test_predictions.parquet": frame})
     example = next(iter(dm.test_dataloader()))["x"][:2].numpy()  # (2, L, F)
     runs.log_model(model, example)  # the torch module: init_from, predict, compress load it
-    return serving.log_pyfunc(model, dm.predict_state(), next(iter(dm.test_dataloader())))
+    state = dict(dm.predict_state(), calibration=calibration)
+    return serving.log_pyfunc(model, state, next(iter(dm.test_dataloader())))
 
 
 def stored_config(run_id: str, cfg: DictConfig) -> DictConfig:
