@@ -171,7 +171,8 @@ def run(job: Job, model, batch_size: int, clock: Clock) -> Totals:
             if hasattr(model, "router"):  # a routed model: the full model alone under a drift alert
                 model.router.force = chunk[0][0] in job.alert_days
             ds = features.dataset(inputs, frame, rows, job.state["window"])
-            sigma = anchor_volatility(frame["ret"].to_numpy(), rows, job.state["window"], job.state["horizon"])
+            sigma = anchor_volatility(frame["ret"].to_numpy(), rows, job.state["window"], job.state["horizon"]) \
+                if calibration.quantiles == "volatility" else None  # (n,) what volatility-set quantiles need
             out = calibrated(run_model(model, ds, batch_size, job.state["target_std"]), calibration, sigma)
         clock.lap("model")
         offset = 0
@@ -247,9 +248,9 @@ def run_model(model, ds, batch_size: int, scale: float) -> Forecasts:
     return Forecasts(point, raw.double().numpy() * scale, list(model.head.taus), hashes)
 
 
-def calibrated(out: Forecasts, calibration: Calibration, sigma: np.ndarray) -> Forecasts:
+def calibrated(out: Forecasts, calibration: Calibration, sigma: np.ndarray | None) -> Forecasts:
     """`out` calibrated as train fitted it on validation (the identity for a model stored without one);
-    `sigma` (n,) each window's EWMA volatility, for quantiles set from volatility."""
+    `sigma` (n,) each window's EWMA volatility, for quantiles set from volatility (else None)."""
     q = None if out.quantiles is None else calibration.quantile(out.quantiles, sigma)
     return Forecasts(calibration.point(out.point), q, out.taus, out.hashes)
 
