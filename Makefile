@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
+# Test files run this many at a time (pytest-xdist, a module's tests in one process; 0: one process).
+TEST_JOBS ?= 2
 
 .PHONY: install train evaluate test sample clean
 
@@ -24,7 +26,7 @@ evaluate: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 # Rebuild data/sample from the real series inside the arch and backtesting packages.
 sample: install
