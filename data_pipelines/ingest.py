@@ -149,8 +149,11 @@ def _check_rows(rows: pl.DataFrame, opts: Options, store: Path) -> tuple[pl.Data
     ok = rows.select("ticker", "date")
     ok = ok.filter(why.is_null()) if why.null_count() < rows.height else ok
     manifest = st.read_manifest(store) if (store / st.MANIFEST).exists() else None
-    stored = {} if manifest is None else dict(manifest.select("ticker", "exchange").iter_rows())
-    table = exchanges.resolve(ok, opts.exchanges, opts.exchange, exchanges.read_table(store), stored)
+    mine = pl.col("ticker").is_in(ok["ticker"].unique().implode())  # earlier decisions of these tickers only
+    stored = {} if manifest is None else dict(manifest.filter(mine).select("ticker", "exchange").iter_rows())
+    earlier = exchanges.read_table(store)
+    earlier = None if earlier is None else earlier.filter(mine)
+    table = exchanges.resolve(ok, opts.exchanges, opts.exchange, earlier, stored)
     exchange = calendars.exchange_expr(dict(zip(table["ticker"], table["exchange"])), exchanges.DEFAULT)
     days = calendars.exchange_sessions(ok, exchange) if ok.height else {}
     return *split(rows, pl.coalesce(pl.lit(why), calendars.session_reason(days, exchange))), table
