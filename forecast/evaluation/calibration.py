@@ -57,6 +57,11 @@ class Calibration:
     sigma_default: float = 0.0  # for a window without a nonzero return: the history's median sigma
     horizon: int = 1
 
+    @property
+    def needs_volatility(self) -> bool:
+        """Whether `quantile` takes each window's volatility (`volatility` mode); else sigma may be None."""
+        return self.quantiles == "volatility"
+
     def point(self, f: np.ndarray) -> np.ndarray:
         return self.anchor + self.scale * (np.asarray(f, dtype=np.float64) - self.anchor)
 
@@ -66,7 +71,7 @@ class Calibration:
 
         if self.quantiles == "spread":
             return apply_spread(q, np.asarray(self.spread), self.taus)
-        if self.quantiles == "volatility":
+        if self.needs_volatility:
             mid = q[:, [self.taus.index(0.5)]]  # (N, 1)
             sigma = np.where(np.asarray(sigma) > 0, sigma, self.sigma_default)  # (N,)
             return mid + sigma[:, None] * np.asarray(self.levels)[None, :]
@@ -142,7 +147,8 @@ def calibrated_forecasts(model, dm, method: str) -> tuple[pl.DataFrame, dict[str
     if method != "none":  # the raw forecast beside it, scored as the baseline 'uncalibrated'
         frame = frame.with_columns(pred_uncalibrated=pl.col("pred"), pred=cal.point(frame["pred"].to_numpy()))
     if raw.dim() == 2:  # a quantile head: (N, Q)
-        sigma = anchor_volatility(dm.frame["ret"].to_numpy(), dm.anchors["test"].numpy(), dm.window, dm.horizon)
+        sigma = anchor_volatility(dm.frame["ret"].to_numpy(), dm.anchors["test"].numpy(), dm.window, dm.horizon) \
+            if cal.needs_volatility else None  # (N,)
         q = cal.quantile(raw.double().numpy() * dm.target_std, sigma)
         frame = frame.with_columns(*[pl.Series(column(t), q[:, j]) for j, t in enumerate(head.taus)])
     return frame, info, cal

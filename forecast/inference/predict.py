@@ -172,7 +172,7 @@ def run(job: Job, model, batch_size: int, clock: Clock) -> Totals:
                 model.router.force = chunk[0][0] in job.alert_days
             ds = features.dataset(inputs, frame, rows, job.state["window"])
             sigma = anchor_volatility(frame["ret"].to_numpy(), rows, job.state["window"], job.state["horizon"]) \
-                if calibration.quantiles == "volatility" else None  # (n,) what volatility-set quantiles need
+                if calibration.needs_volatility else None  # (n,)
             out = calibrated(run_model(model, ds, batch_size, job.state["target_std"]), calibration, sigma)
         clock.lap("model")
         offset = 0

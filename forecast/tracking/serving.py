@@ -61,8 +61,8 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         point = self.calibration.point(point)  # as train fitted it on validation
         out = {"forecast": point, "direction": np.sign(point).astype(np.int64)}
         if raw.dim() == 2:
-            vol = self.calibration.quantiles == "volatility"
-            q = self.calibration.quantile(raw.numpy() * self.scale, self.volatility(batch["x"]) if vol else None)
+            sigma = self.volatility(batch["x"]) if self.calibration.needs_volatility else None  # (B,)
+            q = self.calibration.quantile(raw.numpy() * self.scale, sigma)
             out.update({f"q{round(tau * 100)}": q[:, j] for j, tau in enumerate(quantile_levels(self.module))})
         return pd.DataFrame(out)
 
