@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forecast.evaluation.calibration import fit_scale
+from forecast.evaluation.calibration import anchor_of, drift_factor, fit_scale
 from forecast.evaluation.quantiles import apply_spread, coverage, fit_spread, pinball, trailing_quantiles
 from forecast.model.heads import QuantileHead
 
@@ -46,6 +46,38 @@ def test_shrinkage_towards_the_mean_never_increases_validation_mse(seed, drift):
     mse = float(np.mean((m + b * (f - m) - y) ** 2))
     assert mse <= float(np.mean((f - y) ** 2)) + 1e-12
     assert mse <= float(np.mean((m - y) ** 2)) + 1e-12
+
+
+def test_the_drift_is_kept_when_clear_and_dropped_when_noise():
+    """shrink_drift's anchor m max(0, 1 - 1/t^2): near m for a drift many standard errors from zero,
+    0 when the mean is within one, never of the other sign, and never larger than m."""
+    rng = np.random.default_rng(0)
+    assert drift_factor(0.01 + rng.normal(size=2500) * 0.01) == pytest.approx(1.0, abs=0.01)  # t ~ 50
+    noise = [drift_factor(rng.normal(size=2500) * 0.01) for _ in range(200)]
+    assert np.mean([f == 0.0 for f in noise]) > 0.6  # |t| < 1 in ~68% of draws
+    assert all(0.0 <= f < 1.0 for f in noise)
+    equity = 0.0004 + rng.normal(size=2500) * 0.012  # ten years of an index: t ~ 1.7
+    assert 0.0 < drift_factor(equity) < 0.9
+    assert drift_factor(np.array([0.01, 0.01])) == 0.0  # too few sessions: no evidence
+
+
+def test_the_drift_is_measured_per_date_across_tickers():
+    """With many tickers the t-statistic is over the per-date mean, not over every row: tickers that
+    move together on a date are one observation, so the evidence does not grow with their number."""
+    rng = np.random.default_rng(1)
+    dates = pl.date_range(pl.date(2000, 1, 1), pl.date(2009, 12, 31), eager=True)[:2500]
+    market = 0.0005 + rng.normal(size=2500) * 0.012  # (D,) t ~ 1.3 over dates; ~9 over the 125,000 rows
+    frame = pl.concat([pl.DataFrame(dict(date=dates, target=market + rng.normal(size=2500) * 1e-4,
+                                         split=["train"] * 2500)) for _ in range(50)])
+
+    class Data:
+        target_mean = float(frame["target"].mean())
+
+    Data.frame = frame
+    factor = anchor_of(Data, "shrink_drift") / Data.target_mean
+    assert factor == pytest.approx(drift_factor(market), abs=0.01) and factor < 0.6
+    assert drift_factor(frame["target"].to_numpy()) > 0.95  # what pooling the rows would have claimed
+    assert anchor_of(Data, "shrink_mean") == Data.target_mean and anchor_of(Data, "shrink") == 0.0
 
 
 def test_shrinkage_keeps_a_clear_signal_and_drops_noise():

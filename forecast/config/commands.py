@@ -47,7 +47,7 @@ class Train(Command):
     init_from: Name | None = None
     freeze: list[Name] = []
     baselines: list[Name] = []
-    calibrate: Literal["none", "slope", "shrink", "shrink_mean"] = "none"
+    calibrate: Literal["none", "slope", "shrink", "shrink_mean", "shrink_drift"] = "none"
 
     @field_validator("modalities")
     @classmethod

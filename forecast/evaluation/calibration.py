@@ -15,6 +15,11 @@ origin) on validation gives the scale b that makes the forecast calibrated there
 - `shrink_mean`: `shrink` around the training period's mean return m instead of zero:
   m + b (f - m), b fitted on the validation f - m against y - m. b = 0 gives the `hist_mean`
   forecast (for an equity series, long in its long-run drift) instead of the random walk.
+- `shrink_drift`: `shrink_mean` around m' = m max(0, 1 - 1/t_m^2), the training mean itself James-Stein
+  shrunk towards zero by its t-statistic (t_m over the training sessions' mean returns, one per
+  date: a date's tickers move together). A constant forecast c costs MSE against the zero forecast
+  wherever the test period's mean falls below c / 2; ten years of equity drift has t_m near 1.5-2.5,
+  so m' keeps the sign of m (and the sign strategy's book) at a half to an eighth less MSE risk.
 - `none`: b = 1.
 
 A positive b leaves IC, rank IC and the sign strategy unchanged; b = 0 makes the forecast the random
@@ -36,7 +41,8 @@ import polars as pl
 
 from forecast.evaluation.quantiles import column
 
-METHODS = ("none", "slope", "shrink", "shrink_mean")
+METHODS = ("none", "slope", "shrink", "shrink_mean", "shrink_drift")
+CENTRED = ("shrink_mean", "shrink_drift")  # fitted as `shrink` on f - m, y - m
 HALF_LIFE = 10.0  # sessions: the EWMA volatility that sets quantiles in the `volatility` mode
 
 
@@ -48,7 +54,7 @@ class Calibration:
     the EWMA volatility of the returns in the sample's own input window, window_volatility, so that a
     served window, predict and evaluate all give the same quantiles)."""
     method: str = "none"
-    anchor: float = 0.0  # m: the training mean for shrink_mean, else 0
+    anchor: float = 0.0  # m: the training mean for shrink_mean, shrunk for shrink_drift, else 0
     scale: float = 1.0  # b in [0, 1]
     quantiles: str = "none"  # none | spread | volatility
     taus: list[float] = field(default_factory=list)
@@ -82,7 +88,7 @@ class Calibration:
         line = f"calibrate={self.method}: forecast = {self.anchor:+.3e} + {self.scale:.3f} x (raw - {self.anchor:+.3e})"
         if self.scale == 0.0:
             line += (" (no evidence on validation that the raw forecast predicts returns: the forecast is the"
-                     f" {'training mean' if self.method == 'shrink_mean' else 'zero forecast'}; the raw one is"
+                     f" {_ANCHORS.get(self.method, 'zero forecast')}; the raw one is"
                      " scored as 'uncalibrated'; calibrate=none keeps it)")
         return line
 
@@ -93,6 +99,9 @@ class Calibration:
     def from_state(cls, state: dict | None) -> Calibration:
         """The stored calibration; none stored (a model from before it existed) is the identity."""
         return cls(**state) if state else cls()
+
+
+_ANCHORS = dict(shrink_mean="training mean", shrink_drift="training mean shrunk by its t-statistic")
 
 
 def window_volatility(ret: np.ndarray, horizon: int = 1, half_life: float = HALF_LIFE) -> np.ndarray:
@@ -116,7 +125,7 @@ def fit_scale(pred: np.ndarray, realised: np.ndarray, method: str) -> float:
         raise ValueError(f"calibration method must be one of {METHODS}, got {method!r}")
     if method == "none":
         return 1.0
-    method = "shrink" if method == "shrink_mean" else method  # the caller centres f and y on m
+    method = "shrink" if method in CENTRED else method  # the caller centres f and y on m
     f, y = np.asarray(pred, dtype=np.float64), np.asarray(realised, dtype=np.float64)
     ff = float(f @ f)
     if len(f) < 3 or ff <= 0:
@@ -161,18 +170,38 @@ def fit(dm, head, val_raw, method: str) -> tuple[Calibration, dict[str, float]]:
 
     val = dm.predictions_frame("val", head.point(val_raw))
     f, y = val["pred"].to_numpy(), val["realised"].to_numpy()
-    anchor = dm.target_mean if method == "shrink_mean" else 0.0  # what the forecast is shrunk towards
-    b = fit_scale(f - anchor, y - anchor, "shrink" if method == "shrink_mean" else method)
+    anchor = anchor_of(dm, method)  # what the forecast is shrunk towards
+    b = fit_scale(f - anchor, y - anchor, method)
     zero = float(np.mean(y ** 2))
-    info = dict(scale=b, val_ic=rank_metrics(val)["ic"], val_mse_rel=float(np.mean((f - y) ** 2)) / zero,
+    info = dict(scale=b, anchor=anchor, val_ic=rank_metrics(val)["ic"], val_mse_rel=float(np.mean((f - y) ** 2)) / zero,
                 val_mse_rel_calibrated=float(np.mean((anchor + b * (f - anchor) - y) ** 2)) / zero)
-    for other in ("shrink", "shrink_mean"):  # both anchors' validation MSE, whichever is in use
-        m = dm.target_mean if other == "shrink_mean" else 0.0
+    for other in ("shrink", *CENTRED):  # every anchor's validation MSE, whichever is in use
+        m = anchor_of(dm, other)
         info[f"val_mse_rel_{other}"] = float(np.mean((m + fit_scale(f - m, y - m, other) * (f - m) - y) ** 2)) / zero
     cal = Calibration(method, float(anchor), float(b), horizon=int(dm.horizon))
     if val_raw.dim() == 2 and method != "none":
         info.update(_fit_quantiles(cal, dm, list(head.taus), val_raw.double().numpy() * dm.target_std, y))
     return cal, info
+
+
+def anchor_of(dm, method: str) -> float:
+    """m of `method`: the training mean (shrink_mean), that mean James-Stein shrunk (shrink_drift), or 0."""
+    if method == "shrink_mean":
+        return float(dm.target_mean)
+    if method != "shrink_drift":
+        return 0.0
+    train = dm.frame.filter(pl.col("split") == "train")
+    daily = train.group_by("date").agg(pl.col("target").mean())["target"].drop_nulls().drop_nans().to_numpy()  # (D,)
+    return float(dm.target_mean) * drift_factor(daily)
+
+
+def drift_factor(daily: np.ndarray) -> float:
+    """max(0, 1 - 1/t^2), t the mean's t-statistic over the per-date mean returns `daily` (D,)."""
+    if len(daily) < 3:
+        return 0.0
+    se = float(np.std(daily, ddof=1)) / math.sqrt(len(daily))
+    t2 = (float(np.mean(daily)) / se) ** 2 if se > 0 else math.inf
+    return max(0.0, 1.0 - 1.0 / t2) if t2 > 0 else 0.0
 
 
 def _fit_quantiles(cal: Calibration, dm, taus: list[float], q_val: np.ndarray, y_val: np.ndarray) -> dict:
