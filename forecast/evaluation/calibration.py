@@ -170,13 +170,13 @@ def fit(dm, head, val_raw, method: str) -> tuple[Calibration, dict[str, float]]:
 
     val = dm.predictions_frame("val", head.point(val_raw))
     f, y = val["pred"].to_numpy(), val["realised"].to_numpy()
-    anchor = anchor_of(dm, method)  # what the forecast is shrunk towards
+    anchors = {m: anchor_of(dm, m) for m in ("shrink", *CENTRED)}  # each computed once
+    anchor = anchors.get(method, 0.0)  # what the forecast is shrunk towards
     b = fit_scale(f - anchor, y - anchor, method)
     zero = float(np.mean(y ** 2))
     info = dict(scale=b, anchor=anchor, val_ic=rank_metrics(val)["ic"], val_mse_rel=float(np.mean((f - y) ** 2)) / zero,
                 val_mse_rel_calibrated=float(np.mean((anchor + b * (f - anchor) - y) ** 2)) / zero)
-    for other in ("shrink", *CENTRED):  # every anchor's validation MSE, whichever is in use
-        m = anchor_of(dm, other)
+    for other, m in anchors.items():  # every anchor's validation MSE, whichever is in use
         info[f"val_mse_rel_{other}"] = float(np.mean((m + fit_scale(f - m, y - m, other) * (f - m) - y) ** 2)) / zero
     cal = Calibration(method, float(anchor), float(b), horizon=int(dm.horizon))
     if val_raw.dim() == 2 and method != "none":
