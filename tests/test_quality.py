@@ -168,3 +168,14 @@ def test_trailing_quantiles_are_causal():
     assert not before[t + 1:].equals(after[t + 1:])
     assert before["hq10"][:50].is_null().all()  # fewer than window // 2 known returns
     assert before["hq10"][t] == pytest.approx(np.quantile(target[t - horizon - 99: t - horizon + 1], 0.1), abs=0.1)
+
+
+def test_the_config_schema_accepts_exactly_the_calibration_methods():
+    """`calibrate` is checked by the light config schema (no numpy or polars at start-up), which
+    spells the methods out: it must name the same ones calibration.py implements."""
+    from typing import get_args
+
+    from forecast.config.commands import Train
+    from forecast.evaluation.calibration import METHODS
+
+    assert get_args(Train.model_fields["calibrate"].annotation) == METHODS
