@@ -21,6 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
+from data_pipelines import drop_find
 from data_pipelines.formats import EXTENSIONS
 from data_pipelines.rawtext import unexpected
 from data_pipelines.store import StoreError
@@ -44,8 +45,8 @@ LISTING = dict(path=pl.String, real=pl.String, size=pl.Int64, mtime_ns=pl.Int64)
 
 def listing(path: str | Path) -> tuple[pl.DataFrame, dict[str, str], dict[str, str]]:
     """`discover` with each file's stat: (path as found, real (resolved) path, size, mtime_ns of every
-    data file, in Path order; {path: why skipped}; {path: why rejected}). One lstat per file and one
-    realpath per folder: a hundred thousand files take a fraction of a second."""
+    data file, in Path order; {path: why skipped}; {path: why rejected}). One lstat per file: by one
+    `find` process where it can (drop_find.py), else by `walk`, one realpath per folder."""
     root = Path(path)
     if not root.exists():
         what = "is a broken symbolic link or a link loop" if root.is_symlink() else "does not exist"
@@ -56,6 +57,13 @@ def listing(path: str | Path) -> tuple[pl.DataFrame, dict[str, str], dict[str, s
         st = root.stat()
         return pl.DataFrame([(str(root), os.path.realpath(root), st.st_size, st.st_mtime_ns)], schema=LISTING,
                             orient="row"), {}, {}
+    fast = drop_find.listing(root, LISTING, NOT_DATA)
+    return fast if fast is not None else walk(root)
+
+
+def walk(root: Path) -> tuple[pl.DataFrame, dict[str, str], dict[str, str]]:
+    """`listing` of a folder by a Python walk: the reference, and the path for every tree
+    drop_find does not take (links, special files, folders it may not list)."""
     cols, skipped, rejected = ([], [], [], []), {}, {}
     _list_folder(root, {root.resolve()}, cols, skipped, rejected)
     files = pl.DataFrame(dict(zip(LISTING, cols)), schema=LISTING)

@@ -192,4 +192,6 @@ def _absorbed(store: Path, new: pl.DataFrame, old: pl.DataFrame | None) -> pl.Da
 
 
 def _file_rows(path: Path) -> int:
-    return pl.scan_parquet(path).select(pl.len()).collect().item()  # from the footer only
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows  # the footer only: 0.2 ms, a polars plan 1 ms

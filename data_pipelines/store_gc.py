@@ -22,9 +22,9 @@ def collect(store: Path) -> None:
     gens = _generations(store)
     for g in gens[:-1]:
         store_lock.unlink_unpinned(_generation_path(store, g))
-    keep = set(_read_root_manifest(store)["file"])
+    keep = set(_read_root_manifest(store)["file"].unique())
     for g in _generations(store):
-        keep.update(pl.read_parquet(_generation_path(store, g))["file"])
+        keep.update(pl.read_parquet(_generation_path(store, g), columns=["file"])["file"].unique())
     _remove_unreferenced(store, keep, _generation_path(store, 0).parent)
 
 
