@@ -45,10 +45,10 @@ def read(store: Path) -> pl.DataFrame | None:
     return pl.read_parquet(path) if path.exists() else None
 
 
-def unchanged(store: Path, listed: pl.DataFrame, options: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def unchanged(store: Path, listed: pl.DataFrame, options: str, old: pl.DataFrame | None
+              ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(the rows of `listed` (drop.listing: path, real, size, mtime_ns) to read, the catalogue rows of
-    the unchanged files with their current stat)."""
-    old = read(store)
+    the unchanged files with their current stat); `old` is the store's catalogue (`read`)."""
     if old is None:
         return listed, pl.DataFrame(schema=SCHEMA)
     written = (Path(store) / TABLE).stat().st_mtime_ns
@@ -73,9 +73,12 @@ def _digest_or_none(path: Path) -> str | None:
         return None
 
 
-def record(store: Path, sources: list, listed: pl.DataFrame, kept: pl.DataFrame, options: str) -> bool:
+def record(store: Path, sources: list, listed: pl.DataFrame, kept: pl.DataFrame, options: str,
+           old: pl.DataFrame | None) -> bool:
     """Replace the rows of the files read (`sources`, in read_sources' order, and `listed`, their
-    drop.listing rows) and `kept` (unchanged files, their stat refreshed); False when nothing changed."""
+    drop.listing rows) and `kept` (unchanged files, their stat refreshed); False when nothing changed.
+    `old` is the catalogue as `read` under the writer lock the caller holds since (ingest holds it
+    from its first read to its last write, so it is still current)."""
     from data_pipelines.store import write_atomic, writing
 
     read_rows = listed.select(path="real", size="size", mtime_ns="mtime_ns").with_columns(
@@ -84,7 +87,6 @@ def record(store: Path, sources: list, listed: pl.DataFrame, kept: pl.DataFrame,
         problem=pl.Series([s.problem for s in sources], dtype=pl.String), options=pl.lit(options))
     new = pl.concat([read_rows.select(list(SCHEMA)).cast(SCHEMA), kept.select(list(SCHEMA)).cast(SCHEMA)])
     with writing(store):
-        old = read(store)
         if old is not None:
             new = pl.concat([old.cast(SCHEMA).join(new, on="path", how="anti"), new])
         new = new.unique("path", keep="last").sort("path")

@@ -20,7 +20,7 @@ import polars as pl
 
 from data_pipelines.formats import EXTENSIONS
 
-FORMAT = r"%y\t%s\t%T@\t%p\0"  # type, size, mtime (seconds.fraction), path as found
+FORMAT = r"%y\t%s\t%T@\t%P\0"  # type, size, mtime (seconds.fraction), path below the root
 HIDDEN = "hidden folder"
 DATA_NAMED = "a folder named like a data file (the files in it are read)"
 _DATA = r"(?i)(" + "|".join(e.replace(".", r"\.") for e in EXTENSIONS) + r")(\.gz)?$"
@@ -34,7 +34,7 @@ def listing(root: Path, columns: dict, not_data: str) -> tuple[pl.DataFrame, dic
         return None  # a start that find would take for an expression
     try:  # hidden folders (below the root) are named and not entered, as the reference does
         done = subprocess.run(["find", top, "-mindepth", "1", "(", "-name", ".*", "-type", "d", "-printf",
-                               r"H\t0\t0\t%p\0", "-prune", ")", "-o", "-printf", FORMAT], capture_output=True)
+                               r"H\t0\t0\t%P\0", "-prune", ")", "-o", "-printf", FORMAT], capture_output=True)
     except OSError:
         return None
     if done.returncode or done.stderr:
@@ -44,17 +44,18 @@ def listing(root: Path, columns: dict, not_data: str) -> tuple[pl.DataFrame, dic
     except UnicodeDecodeError:
         return None
     df = pl.DataFrame({"r": records}, schema={"r": pl.String}).select(
-        pl.col("r").str.splitn("\t", 4).struct.rename_fields(["y", "size", "t", "path"])).unnest("r")
+        pl.col("r").str.splitn("\t", 4).struct.rename_fields(["y", "size", "t", "rel"])).unnest("r")
     if not df["y"].is_in(["f", "d", "H"]).all() or df["t"].str.starts_with("-").any():
         return None
     return _frame(df, top, os.path.realpath(top), columns, not_data)
 
 
 def _frame(df: pl.DataFrame, top: str, real_top: str, columns: dict, not_data: str) -> tuple[pl.DataFrame, dict, dict]:
-    """The parsed `find` records (y, size, t, path) as drop.listing's answer."""
-    rel = pl.col("path").str.slice(len(os.path.join(top, "")))
-    name = pl.col("path").str.split("/").list.last()
-    df = df.with_columns(rel=rel, data=name.str.contains(_DATA) & ~name.str.starts_with("."),
+    """The parsed `find` records (y, size, t, rel: the path below `top`) as drop.listing's answer."""
+    rel = pl.col("rel")
+    name = rel.str.extract(r"([^/]*)$")
+    df = df.with_columns(path=pl.lit(os.path.join(top, "")) + rel,
+                         data=name.str.contains(_DATA) & ~name.str.starts_with("."),
                          order=rel.str.replace_all("/", "\x00", literal=True))  # Path order: parts compared
     if top == ".":  # the walk names the root's entries ./a and, below them, a/b (Path drops the ./)
         df = df.with_columns(path=pl.when(pl.col("rel").str.contains("/", literal=True)).then("rel").otherwise("path"))

@@ -108,8 +108,9 @@ def _ingest(path: str | Path, store: Path, opts: Options) -> Report:
     with rep.timed("listing"):
         listed, skipped, rejected = listing(path)
         options, kept = catalogue.fingerprint(opts), pl.DataFrame(schema=catalogue.SCHEMA)
+        known = catalogue.read(store)  # read once: the writer lock is held until the last write
         if opts.incremental and opts.mode == "merge":
-            listed, kept = catalogue.unchanged(store, listed, options)
+            listed, kept = catalogue.unchanged(store, listed, options, known)
             rep.extra["files_unchanged"] = kept.height
         files = [Path(p) for p in listed["path"]]
     with rep.timed("reading"):
@@ -129,7 +130,7 @@ def _ingest(path: str | Path, store: Path, opts: Options) -> Report:
         _write_quarantine(store, quarantined, listed["real"])
         if rows.height:
             _store_prices(store, adjust(rows), opts, rep, table)
-        catalogue.record(store, sources, listed, kept, options)  # last: a killed ingest reads these files again
+        catalogue.record(store, sources, listed, kept, options, known)  # last: a killed ingest reads these files again
     return rep
 
 

@@ -48,6 +48,7 @@ nobody writes, or keep the store on a local disk.
 from __future__ import annotations
 
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
@@ -89,6 +90,15 @@ def write_atomic(df: pl.DataFrame, path: Path, compression: str = "zstd", row_gr
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     df.write_parquet(tmp, compression=compression, statistics=True, row_group_size=row_group_size)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def copy_atomic(source: Path, path: Path) -> None:
+    """`write_atomic` of a file's bytes: copy to a temporary name, fsync, rename over `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.copyfile(source, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -258,8 +268,11 @@ def write_prices(store: str | Path, frames: dict[str, pl.DataFrame] | pl.DataFra
         new = new.sort("ticker")
         if old is None or not old.equals(new):
             gens = _generations(store)
-            write_atomic(new, _generation_path(store, (gens[-1] if gens else 0) + 1))  # readers pin it from now
-        _write_table(store, MANIFEST, new)
+            path = _generation_path(store, (gens[-1] if gens else 0) + 1)
+            write_atomic(new, path)  # readers pin it from now
+            copy_atomic(path, store / MANIFEST)  # the root copy: its bytes, not a second encoding
+        else:
+            _write_table(store, MANIFEST, new)
         store_gc.collect(store)
     return new
 
