@@ -14,12 +14,15 @@ options (a fingerprint of the ingest options that change what a file yields). Wi
 
 Unchanged files keep their stored rows and their quarantined rows. A file that disappears from the
 drop keeps its rows too (merge never deletes); `incremental=false` reads every file again. The
-catalogue is written after the prices, so an ingest killed before it reads the same files again.
+catalogue is published after the prices (built and written beside them, renamed last), so an ingest
+killed before it reads the same files again.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from concurrent.futures import Future
 from pathlib import Path
 
 import polars as pl
@@ -31,6 +34,7 @@ SCHEMA = dict(path=pl.String, size=pl.Int64, mtime_ns=pl.Int64, digest=pl.String
               problem=pl.String, options=pl.String)
 RACY_NS = 2_000_000_000
 ALWAYS_READ = ("news", "exogenous")
+STAGED = ".staged"  # the suffix of a catalogue written but not yet published (store_gc removes a dead ingest's)
 OPTION_KEYS = ("exchange", "exchanges", "ticker_pattern", "upper_tickers", "date_format", "max_price", "max_volume")
 
 
@@ -73,24 +77,44 @@ def _digest_or_none(path: Path) -> str | None:
         return None
 
 
-def record(store: Path, sources: list, listed: pl.DataFrame, kept: pl.DataFrame, options: str,
-           old: pl.DataFrame | None) -> bool:
-    """Replace the rows of the files read (`sources`, in read_sources' order, and `listed`, their
-    drop.listing rows) and `kept` (unchanged files, their stat refreshed); False when nothing changed.
-    `old` is the catalogue as `read` under the writer lock the caller holds since (ingest holds it
-    from its first read to its last write, so it is still current)."""
-    from data_pipelines.store import write_atomic, writing
-
+def stage(store: Path, sources: list, listed: pl.DataFrame, kept: pl.DataFrame, options: str,
+          old: pl.DataFrame | None) -> Path | None:
+    """The new catalogue written beside the table (`.sources.parquet.<pid>.staged`, fsync'ed), for
+    `publish` to rename once the prices are stored; None when it equals `old`. It holds the rows of
+    the files read (`sources`, in read_sources' order, and `listed`, their drop.listing rows) and
+    `kept` (unchanged files, their stat refreshed) in place of theirs in `old`, the catalogue as
+    `read` under the writer lock the caller holds throughout (ingest holds it from its first read to
+    its last write). ingest runs this beside the price write, in a thread."""
     read_rows = listed.select(path="real", size="size", mtime_ns="mtime_ns").with_columns(
         digest=pl.Series([s.digest or _digest_or_none(s.path) for s in sources], dtype=pl.String),
         kind=pl.Series([s.kind for s in sources], dtype=pl.String),
         problem=pl.Series([s.problem for s in sources], dtype=pl.String), options=pl.lit(options))
     new = pl.concat([read_rows.select(list(SCHEMA)).cast(SCHEMA), kept.select(list(SCHEMA)).cast(SCHEMA)])
-    with writing(store):
-        if old is not None:
-            new = pl.concat([old.cast(SCHEMA).join(new, on="path", how="anti"), new])
-        new = new.unique("path", keep="last").sort("path")
-        if old is not None and old.sort("path").equals(new):
-            return False
-        write_atomic(new, Path(store) / TABLE)
-        return True
+    if old is not None:
+        new = pl.concat([old.cast(SCHEMA).join(new, on="path", how="anti"), new])
+    new = new.unique("path", keep="last").sort("path")
+    if old is not None and old.sort("path").equals(new):
+        return None
+    path = Path(store) / f".{TABLE}.{os.getpid()}{STAGED}"
+    new.write_parquet(path, compression="zstd", statistics=True)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    return path
+
+
+def publish(store: Path, staged: Path | None) -> bool:
+    """Rename the `stage`d catalogue over the table (last: a killed ingest reads these files again)."""
+    if staged is None:
+        return False
+    os.replace(staged, Path(store) / TABLE)
+    return True
+
+
+def discard(staged: Future) -> None:
+    """Remove what `stage` wrote if it was not published (an ingest that failed after staging)."""
+    try:
+        path = staged.result()
+    except Exception:  # noqa: BLE001 - the ingest reports its own error
+        return
+    if path is not None:
+        path.unlink(missing_ok=True)

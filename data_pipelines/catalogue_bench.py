@@ -8,7 +8,8 @@ process, so its peak memory is its own, after one read of every file (page cache
               `rows_match`: rows_read = stored + quarantined + duplicates, as the drop's own counts
               say, and every stored row read back from the store
     reingest  `changed` of the files rewritten (one close moved inside its day's range), then an
-              incremental ingest of the whole drop into the same store (only those files are read)
+              incremental ingest of the whole drop into a copy of the first store (only those files
+              are read); `repeats` times, each into a fresh copy: the median run, and every run's seconds
     verify    a full ingest of the changed drop into a new store: the incremental store must equal it
     pandas    the same steps as a plain pandas loop (read_csv per file, concat, the value rules and
               the session check, duplicates, Adj Close, one Parquet file): no catalogue, no quarantine
@@ -56,7 +57,9 @@ def catalogue(cfg) -> int:
     for variant in [v for v in VARIANTS if v in cfg.variants]:
         if variant == "reingest":
             results["changed_files"] = _change(work, files, cfg.changed, cfg.seed)
-        results[variant] = _run(variant, drop, work / f"store_{'first' if variant == 'reingest' else variant}")
+            results[variant] = _reingest(drop, work, cfg.repeats)
+        else:
+            results[variant] = _run(variant, drop, work / f"store_{variant}")
     out = dict(params, drop_mb=round(sum(p.stat().st_size for p in files) / 1e6), tickers=info["tickers"],
                expected=info["expected"], cpus=len(os.sched_getaffinity(0)), **results,
                load_avg_1min=[round(load, 1), round(os.getloadavg()[0], 1)], **_ratios(results, info))
@@ -111,6 +114,22 @@ def _restore(work: Path) -> None:
         for backup in (p for p in keep.rglob("*") if p.is_file()):
             shutil.copy2(backup, work / "drop" / backup.relative_to(keep))
         shutil.rmtree(keep)
+
+
+def _reingest(drop: Path, work: Path, repeats: int) -> dict:
+    """The median of `repeats` re-ingests, each into its own copy of the first ingest's store (on a
+    shared machine one run of 1-2 s varies by a quarter); every run's seconds in `seconds_runs`."""
+    runs = []
+    for i in range(max(1, repeats)):
+        store = work / f"store_reingest{i}"
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.copytree(work / "store_first", store)
+        runs.append(_run("reingest", drop, store))
+        shutil.rmtree(store, ignore_errors=True)
+    if len({r["prices_hash"] for r in runs}) != 1:
+        raise RuntimeError("bench catalogue: the re-ingests into copies of one store stored different prices")
+    median = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+    return dict(median, seconds_runs=[r["seconds"] for r in runs])
 
 
 def _run(variant: str, drop: Path, store: Path) -> dict:

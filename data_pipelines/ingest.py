@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -117,6 +118,32 @@ def _ingest(path: str | Path, store: Path, opts: Options) -> Report:
         rows, bad, sources = read_sources(files, opts.ticker_pattern, opts.upper_tickers, opts.date_format)
     rep.files, rep.rows_read, rep.skipped_files = len(files), rows.height + bad.height, skipped
     _file_report(rep, rejected, skipped, sources)
+    with ThreadPoolExecutor(2) as pool:  # the new catalogue and the stored rows, beside the checks
+        staged = pool.submit(catalogue.stage, store, sources, listed, kept, options, known)
+        stored = pool.submit(_stored_rows, store, rows, opts)
+        try:
+            _check_and_store(rows, bad, sources, listed, store, opts, rep, stored)
+            with rep.timed("writing"):
+                catalogue.publish(store, staged.result())  # last: a killed ingest reads these files again
+        finally:
+            catalogue.discard(staged)
+    return rep
+
+
+def _stored_rows(store: Path, rows: pl.DataFrame, opts: Options) -> pl.DataFrame | None:
+    """For an incremental merge (a few files changed, most of their tickers' rows to merge with), the
+    stored rows of the tickers read; None otherwise (merge_stored reads those whose content changed)."""
+    if not (opts.incremental and opts.mode == "merge" and (store / st.MANIFEST).exists()):
+        return None
+    manifest = st.read_manifest(store)
+    known = manifest.filter(pl.col("ticker").is_in(rows["ticker"].unique().implode()))["ticker"]
+    return st.read_prices(store, known.to_list()) if known.len() else None
+
+
+def _check_and_store(rows: pl.DataFrame, bad: pl.DataFrame, sources, listed: pl.DataFrame, store: Path,
+                     opts: Options, rep: Report, stored: Future) -> None:
+    """Value rules and sessions, dedup, then the quarantine and the prices written (`stored`: the
+    future of `_stored_rows`)."""
     with rep.timed("validating"):
         rows, b_rules, table = _check_rows(rows, opts, store)
     with rep.timed("dedup"):
@@ -129,9 +156,7 @@ def _ingest(path: str | Path, store: Path, opts: Options) -> Report:
     with rep.timed("writing"):
         _write_quarantine(store, quarantined, listed["real"])
         if rows.height:
-            _store_prices(store, adjust(rows), opts, rep, table)
-        catalogue.record(store, sources, listed, kept, options, known)  # last: a killed ingest reads these files again
-    return rep
+            _store_prices(store, adjust(rows), opts, rep, table, stored.result())
 
 
 def _file_report(rep: Report, rejected: dict, skipped: dict, sources) -> None:
@@ -173,13 +198,14 @@ def _write_quarantine(store: Path, q: pl.DataFrame, real: pl.Series) -> None:
     st.update_quarantine(store, real.to_list(), q)
 
 
-def _store_prices(store: Path, rows: pl.DataFrame, opts: Options, rep: Report, table: pl.DataFrame) -> None:
-    """Merge the new rows per ticker with the stored history, then write changed tickers and their
-    exchanges (with how well each fits)."""
+def _store_prices(store: Path, rows: pl.DataFrame, opts: Options, rep: Report, table: pl.DataFrame,
+                  prefetched: pl.DataFrame | None = None) -> None:
+    """Merge the new rows per ticker with the stored history (`prefetched`: see merge_stored), then
+    write changed tickers and their exchanges (with how well each fits)."""
     rows = rows.select("ticker", *st.PRICE_COLUMNS)
     manifest = st.read_manifest(store) if (store / st.MANIFEST).exists() else None
     if manifest is not None and opts.mode == "merge":
-        rows, rep.extra["replaced_stored_rows"] = merge_stored(store, rows, manifest)
+        rows, rep.extra["replaced_stored_rows"] = merge_stored(store, rows, manifest, prefetched)
     tickers = rows["ticker"].unique()
     table = table.filter(pl.col("ticker").is_in(tickers.implode()))
     cov = calendars.coverage(rows, dict(zip(table["ticker"], table["exchange"])), exchanges.DEFAULT)

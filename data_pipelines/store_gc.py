@@ -37,14 +37,18 @@ def _remove_unreferenced(store: Path, keep: set[str], generations: Path) -> None
     for path in [*store.glob(".*.tmp"), *generations.glob(".*.tmp")]:
         if _abandoned(path):
             path.unlink(missing_ok=True)
+    for path in store.glob(".*.staged"):  # a catalogue staged by an ingest that died (catalogue.stage)
+        if _abandoned(path, mine=False):
+            path.unlink(missing_ok=True)
 
 
-def _abandoned(tmp: Path) -> bool:
-    """Whether no other live process wrote `tmp` (`.<name>.<pid>.tmp`, see write_atomic). Only the
-    writer writes price files, but a reader may write a cache beside the tables (forecast does)."""
+def _abandoned(tmp: Path, mine: bool = True) -> bool:
+    """Whether no other live process wrote `tmp` (`.<name>.<pid>.tmp`, see write_atomic; `mine`:
+    whether this process's own count as abandoned). Only the writer writes price files, but a reader
+    may write a cache beside the tables (forecast does)."""
     pid = tmp.name.split(".")[-2]
     if not pid.isdigit() or int(pid) == os.getpid():
-        return True
+        return not pid.isdigit() or mine
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:

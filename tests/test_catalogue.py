@@ -152,3 +152,42 @@ def test_the_accounting_of_a_whole_drop_matches_what_was_written(tmp_path):
     assert st.read_prices(tmp_path / "s").height == rep.rows_stored
     assert st.read_manifest(tmp_path / "s").height == info["tickers"]
     assert set(rep.seconds) == {"listing", "reading", "validating", "dedup", "writing"}
+
+
+def test_a_failed_price_write_publishes_no_catalogue_and_leaves_no_staged_file(drop, tmp_path, monkeypatch):
+    """The catalogue is staged beside the price write and renamed only after it: a failure in
+    between keeps the old catalogue (so the same files are read again) and removes what was staged."""
+    store = tmp_path / "store"
+    incremental(drop, store)
+    before = catalogue.read(store)
+    rewrite(drop / "yahoo" / "Y000005.csv", 3, 1.2345)
+
+    def fail(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ing, "_store_prices", fail)
+    with pytest.raises(OSError, match="No space"):
+        incremental(drop, store)
+    assert catalogue.read(store).equals(before) and not list(store.glob(".*.staged"))
+    monkeypatch.undo()
+    assert incremental(drop, store).files == 1
+
+
+def test_a_catalogue_staged_by_a_killed_ingest_is_removed_by_the_next_write(drop, tmp_path):
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    incremental(drop, store)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = store / f".{catalogue.TABLE}.{int(dead.stdout)}{catalogue.STAGED}"
+    left.write_bytes(b"half a table")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = store / f".{catalogue.TABLE}.{alive.pid}{catalogue.STAGED}"  # a live process's: left alone
+        live.write_bytes(b"being written")
+        rewrite(drop / "yahoo" / "Y000005.csv", 3, 1.2345)
+        assert incremental(drop, store).files == 1
+        assert not left.exists() and live.exists()
+    finally:
+        alive.kill()

@@ -64,11 +64,27 @@ def test_links_and_special_files_are_left_to_the_walk(tmp_path, odd):
     assert drop.listing(d)[0].equals(drop.walk(d)[0])
 
 
-def test_a_start_find_would_read_as_an_expression_is_left_to_the_walk(tmp_path, monkeypatch):
-    (tmp_path / "-name").mkdir()
-    (tmp_path / "-name" / "A.csv").write_text("x\n")
+def test_names_find_could_read_as_expressions_list_alike(tmp_path, monkeypatch):
+    for sub in ["-name", "-name/(", "-name/!", "-o"]:
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "A.csv").write_text("x\n")
     monkeypatch.chdir(tmp_path)
-    assert fast(Path("-name")) is None and drop.listing("-name")[0]["path"].to_list() == ["-name/A.csv"]
+    same(Path("-name"))
+    same(Path("."))
+    assert fast(Path("-name"))[0]["path"].to_list() == ["-name/!/A.csv", "-name/(/A.csv", "-name/A.csv"]
+
+
+def test_one_folder_or_many_below_the_root_list_alike(tmp_path):
+    for n in [0, 1, 2, 5]:
+        d = tmp_path / f"d{n}"
+        d.mkdir()
+        (d / "top.csv").write_text("x\n")
+        for i in range(n):
+            (d / f"f{i}" / "g").mkdir(parents=True)
+            (d / f"f{i}" / "A.csv").write_text("x\n")
+            (d / f"f{i}" / "g" / "B.csv").write_text("x\n")
+        same(d)
+        assert fast(d)[0].height == 1 + 2 * n
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -247,6 +247,7 @@ class BenchCatalogue(Command):
     dirty: Fraction = 0.01
     seed: NonNegInt = 0
     changed: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
+    repeats: PosInt = 3
     variants: Annotated[list[Literal["first", "reingest", "verify", "pandas"]], Field(min_length=1)]
     workdir: Name
     keep: bool = False
