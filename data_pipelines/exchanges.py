@@ -193,7 +193,9 @@ def _member(code: str, span: np.ndarray) -> np.ndarray:
     """(D,) bool: is each day of `span` a session of `code` (weekdays before the calendar's bound)."""
     first = span[0].astype(dt.date)
     days = calendars.sessions(code, first).to_numpy().astype("datetime64[D]")
-    out = np.isin(span, days)
+    at = (days - span[0]).astype(np.int64)                                  # (S,) day offsets in span
+    out = np.zeros(len(span), dtype=bool)
+    out[at[(at >= 0) & (at < len(span))]] = True  # a scatter: np.isin sorts both sides, 3 ms a calendar
     b = calendars.bound(code)
     if b is not None:
         early = span < np.datetime64(b, "D")

@@ -157,19 +157,27 @@ def plan(store: Path, rows: pl.DataFrame, stats: pl.DataFrame, old: pl.DataFrame
     new = stats.select("ticker", "content_hash", n="rows",
                        bucket=pl.Series([bucket_of(t) for t in stats["ticker"]], dtype=pl.Int64))
     taken = _absorbed(store, new, old)
+    absorbed = taken.partition_by("bucket", as_dict=True)
     by_bucket = rows.with_columns(_bucket=pl.Series(np.repeat(new["bucket"].to_numpy(), new["n"].to_numpy())))
     frames = by_bucket.partition_by("_bucket", as_dict=True, include_key=False)
-    out, placed = [], []
-    for (b,), mine in new.group_by("bucket", maintain_order=True):
-        extra = taken.filter(pl.col("bucket") == b)
-        parts = [frames[(b,)], *[_read_file(store, f, g["ticker"].to_list()) for (f,), g in extra.group_by("file")]]
-        pairs = sorted([*zip(mine["ticker"], mine["content_hash"]), *zip(extra["ticker"], extra["content_hash"])])
-        frame = in_order(pl.concat(parts), [t for t, _ in pairs])  # sorted by ticker, then date
+    out, tickers, files = [], [], []
+    for (b,), mine in new.partition_by("bucket", as_dict=True, maintain_order=True).items():
+        pairs = list(zip(mine["ticker"], mine["content_hash"]))
+        frame = frames[(b,)]
+        if (b,) in absorbed:
+            extra = absorbed[(b,)]
+            parts = [frame, *[_read_file(store, f, g["ticker"].to_list()) for (f,), g in extra.group_by("file")]]
+            pairs = sorted([*pairs, *zip(extra["ticker"], extra["content_hash"])])
+            frame = in_order(pl.concat(parts), [t for t, _ in pairs])  # sorted by ticker, then date
+        elif not mine["ticker"].is_sorted():  # its runs are in `mine`'s order: sorted means in order
+            pairs = sorted(pairs)
+            frame = in_order(frame, [t for t, _ in pairs])
         digest = hashlib.sha256("\n".join(f"{t} {h}" for t, h in pairs).encode()).hexdigest()[:16]
         rel = f"{SEGMENT_PREFIX}{b:02d}/{digest}.parquet"
         out.append((rel, frame))
-        placed.append(pl.DataFrame(dict(ticker=[t for t, _ in pairs], file=[rel] * len(pairs))))
-    return out, pl.concat(placed) if placed else pl.DataFrame(schema=dict(ticker=pl.String, file=pl.String))
+        tickers += [t for t, _ in pairs]
+        files += [rel] * len(pairs)
+    return out, pl.DataFrame(dict(ticker=tickers, file=files), schema=dict(ticker=pl.String, file=pl.String))
 
 
 def _absorbed(store: Path, new: pl.DataFrame, old: pl.DataFrame | None) -> pl.DataFrame:
