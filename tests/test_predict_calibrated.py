@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from test_predict import TEST, TICKERS, VAL, copy_store, rows, run_predict
 
 from conftest import CONF, TINY
+from forecast.evaluation import adaptive
 from forecast.evaluation.calibration import Calibration, anchor_volatility, window_volatility
 
 
@@ -47,10 +48,17 @@ def test_train_stores_the_calibration_it_scored(calibrated):
 
 
 def test_predict_writes_the_calibrated_forecasts_and_quantiles_train_scored(calibrated, tmp_path, capsys):
+    """Served from the first test session on, the adapted quantiles are those train scored; a rerun of
+    an early session (its later sessions served) writes nothing new."""
     db = tmp_path / "p.db"
     code, _, err = run_predict(capsys, calibrated, db, "model=models:/forecast@champion", "catch_up=true",
-                               "since=2017-06-01", "date=2017-07-31")
+                               "date=2017-07-31")
     assert code == 0, err
+    assert calibrated["state"]["calibration"]["adaptive"] > 0
+    before = rows(db)
+    code, out, err = run_predict(capsys, calibrated, db, "model=models:/forecast@champion", "date=2016-06-01")
+    assert code == 0 and "updated" not in out, err
+    assert rows(db).equals(before)
     got = rows(db).with_columns(pl.col("asof").str.to_date().alias("date"))
     got = got.with_columns(*[pl.col("quantiles").map_elements(lambda q, k=k: json.loads(q)[k], return_dtype=pl.Float64)
                              .alias(f"got_{k}") for k in ("q10", "q50", "q90")])
@@ -64,13 +72,21 @@ def test_predict_writes_the_calibrated_forecasts_and_quantiles_train_scored(cali
 
 
 def test_the_served_pyfunc_gives_the_same_calibrated_forecasts(calibrated):
-    """The pyfunc's input example is the first two test windows: its output is their logged forecasts."""
+    """The pyfunc's input example is the first two test windows: its output is their logged forecasts
+    (the quantiles before the adaptation that needs served history)."""
     pyfunc = mlflow.pyfunc.load_model("models:/forecast@champion")
     out = pyfunc.predict(pyfunc.input_example)
     first = calibrated["logged"].head(2)
     assert np.allclose(out["forecast"], first["pred"], rtol=0, atol=1e-7)
-    for k in ("q10", "q50", "q90"):  # from each window's own returns, as float32 inputs: 1e-6 relative
-        assert np.allclose(out[k], first[k], rtol=1e-5, atol=1e-8), k
+    # A window alone has no served history: the pyfunc's quantiles are the calibrated ones, which the
+    # outcomes before an anchor widen into the logged (adapted) ones. From each window's own returns,
+    # as float32 inputs: 1e-5 relative.
+    taus, gamma = [0.1, 0.5, 0.9], calibrated["state"]["calibration"]["adaptive"]
+    served, logged = out[["q10", "q50", "q90"]].to_numpy(), first.select("q10", "q50", "q90").to_numpy()
+    assert np.allclose(served[0], logged[0], rtol=1e-5, atol=1e-8)
+    assert first["ticker"][0] == first["ticker"][1]
+    th = adaptive.theta(logged[:1], first["realised"].to_numpy()[:1], taus, gamma)
+    assert np.allclose(adaptive.widen(served[1:], th, taus), logged[1:], rtol=1e-5, atol=1e-8)
 
 
 def test_window_volatility_is_the_ewm_of_the_window():

@@ -25,7 +25,8 @@ origin) on validation gives the scale b that makes the forecast calibrated there
 A positive b leaves IC, rank IC and the sign strategy unchanged; b = 0 makes the forecast the random
 walk for that fold (no IC, a flat book).
 
-A quantile head's levels are recalibrated on the same validation split (forecast/evaluation/quantiles.py).
+A quantile head's levels are recalibrated on the same validation split (forecast/evaluation/quantiles.py),
+then adapted online through the test period by their own misses (forecast/evaluation/adaptive.py).
 
 What is fitted is one `Calibration`, applied the same way wherever a forecast is made: by evaluate on
 each fold's test block, by train on its test split, and with the registered model by `predict` and the
@@ -39,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import polars as pl
 
+from forecast.evaluation import adaptive
 from forecast.evaluation.quantiles import column
 
 METHODS = ("none", "slope", "shrink", "shrink_mean", "shrink_drift")
@@ -62,6 +64,7 @@ class Calibration:
     levels: list[float] = field(default_factory=list)  # (Q,) d_tau = c_tau - c_0.5
     sigma_default: float = 0.0  # for a window without a nonzero return: the history's median sigma
     horizon: int = 1
+    adaptive: float = 0.0  # gamma of the online widening by the served quantiles' misses (adaptive.py)
 
     @property
     def needs_volatility(self) -> bool:
@@ -160,6 +163,7 @@ def calibrated_forecasts(model, dm, method: str) -> tuple[pl.DataFrame, dict[str
             if cal.needs_volatility else None  # (N,)
         q = cal.quantile(raw.double().numpy() * dm.target_std, sigma)
         frame = frame.with_columns(*[pl.Series(column(t), q[:, j]) for j, t in enumerate(head.taus)])
+        frame = adaptive.adapt_frame(frame, list(head.taus), cal.adaptive, dm.horizon)  # as predict serves them
     return frame, info, cal
 
 
@@ -216,4 +220,5 @@ def _fit_quantiles(cal: Calibration, dm, taus: list[float], q_val: np.ndarray, y
     z = dm.frame["target"].to_numpy()[history] / sigma  # standardised realised returns
     mode, spread, levels, info = recalibrate(q_val, y_val, sigma[len(dm.anchors["train"]):], z, taus)
     cal.quantiles, cal.taus, cal.spread, cal.levels = mode, taus, spread.tolist(), levels.tolist()
+    cal.adaptive = adaptive.GAMMA
     return info

@@ -161,6 +161,8 @@ def run(job: Job, model, batch_size: int, clock: Clock) -> Totals:
     inputs = features.inputs(frame, job.state, job.store) if frame.height else {}
     frame = frame.with_row_index("row")
     calibration = Calibration.from_state(job.state.get("calibration"))
+    misses = served_misses(job, calibration)  # None unless the quantiles adapt (evaluation/adaptive.py)
+    outcome = outcomes(frame, job.state["horizon"]) if misses else None  # (N,) NaN past the store's last bar
     clock.lap("read")
     totals = Totals()
     last_bar = dict(frame.group_by("ticker").agg(pl.col("date").max()).iter_rows())
@@ -177,7 +179,12 @@ def run(job: Job, model, batch_size: int, clock: Clock) -> Totals:
         clock.lap("model")
         offset = 0
         for day, anchors in chunk:
-            rows = session_rows(job, day, anchors, out.slice(offset, anchors.height))
+            part = out.slice(offset, anchors.height)
+            if misses is not None and part.quantiles is not None:  # by what was served before `day`
+                tickers = anchors["ticker"].to_list()
+                part.quantiles = misses.widen(day, tickers, part.quantiles)
+                misses.add(day, tickers, part.quantiles, outcome[anchors["row"].to_numpy()])
+            rows = session_rows(job, day, anchors, part)
             offset += anchors.height
             written = predictions.write_session(job.engine, rows)
             totals.written += written.inserted + len(written.updated)
@@ -186,6 +193,23 @@ def run(job: Job, model, batch_size: int, clock: Clock) -> Totals:
             totals.shown = rows or totals.shown
         clock.lap("write")
     return totals
+
+
+def served_misses(job: Job, calibration: Calibration):
+    """The served quantiles of this version up to the last as-of session, when they adapt; else None."""
+    if not calibration.adaptive or not calibration.taus:
+        return None
+    from forecast.inference.served_misses import ServedMisses
+
+    return ServedMisses(job.engine, job.name, job.version, job.state["horizon"], calibration.taus,
+                        calibration.adaptive, job.store, job.days[-1] + dt.timedelta(days=1))
+
+
+def outcomes(frame: pl.DataFrame, horizon: int) -> np.ndarray:
+    """(N,) each row's forward log return over `horizon` bars of its ticker, as train's target; NaN
+    where that bar is past the frame (after the last as-of session: not known yet)."""
+    y = (pl.col("close").shift(-horizon).over("ticker") / pl.col("close")).log()
+    return frame.select(y.alias("y"))["y"].fill_null(np.nan).to_numpy()
 
 
 def chunks(frame: pl.DataFrame, job: Job, totals: Totals, last_bar: dict):
