@@ -95,6 +95,8 @@ BENCH = [
 ]
 QUALITY = [  # forecast quality (issue 19): calibration and the quantile head
     (["calibrate=isotonic"], "calibrate"),
+    (["quantile_adapt=-0.1"], "quantile_adapt"),
+    (["quantile_adapt=2"], "quantile_adapt"),
     (["model/head=quantile", "model.head.quantiles=[0.1,0.9]"], "model.head.quantiles"),
     (["model/head=quantile", "model.head.quantiles=[0.5,1.5]"], "model.head.quantiles"),
     (["model/head=quantile", "model.head.quantiles=[0.1,0.5,0.5]"], "model.head.quantiles"),

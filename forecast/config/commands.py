@@ -48,6 +48,7 @@ class Train(Command):
     freeze: list[Name] = []
     baselines: list[Name] = []
     calibrate: Literal["none", "slope", "shrink", "shrink_mean", "shrink_drift"] = "none"
+    quantile_adapt: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
 
     @field_validator("modalities")
     @classmethod

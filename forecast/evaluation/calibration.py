@@ -142,11 +142,13 @@ def fit_scale(pred: np.ndarray, realised: np.ndarray, method: str) -> float:
     return max(slope * max(0.0, 1.0 - 1.0 / t2), 2 * slope - 1)  # >= 2 slope - 1: not worse than b = 1
 
 
-def calibrated_forecasts(model, dm, method: str) -> tuple[pl.DataFrame, dict[str, float], Calibration]:
+def calibrated_forecasts(model, dm, method: str, gamma: float = adaptive.GAMMA
+                         ) -> tuple[pl.DataFrame, dict[str, float], Calibration]:
     """The test split's forecasts of a fitted model, calibrated on its validation split: (ticker,
     date, realised, pred) in log-return units, `pred_uncalibrated` unless `method` is none, and
     `q<percent>` columns from a quantile head (recalibrated on validation unless `method` is none,
-    forecast/evaluation/quantiles.py). Also {scale, val_ic, val_mse_rel, val_mse_rel_calibrated, ...}:
+    forecast/evaluation/quantiles.py; then adapted by their misses with step `gamma`, adaptive.py).
+    Also {scale, val_ic, val_mse_rel, val_mse_rel_calibrated, ...}:
     the factor b, the raw validation forecast's IC and MSE relative to the zero forecast, and the
     calibrated one's (what a configuration is chosen on; the test split chooses nothing), and the
     fitted Calibration."""
@@ -155,6 +157,7 @@ def calibrated_forecasts(model, dm, method: str) -> tuple[pl.DataFrame, dict[str
     head = model.head
     val_raw, raw = forecast(model, dm.val_dataloader()), forecast(model, dm.test_dataloader())  # (N,) | (N, Q)
     cal, info = fit(dm, head, val_raw, method)
+    cal.adaptive = gamma if cal.quantiles != "none" else 0.0
     frame = dm.predictions_frame("test", head.point(raw))
     if method != "none":  # the raw forecast beside it, scored as the baseline 'uncalibrated'
         frame = frame.with_columns(pred_uncalibrated=pl.col("pred"), pred=cal.point(frame["pred"].to_numpy()))
@@ -220,5 +223,4 @@ def _fit_quantiles(cal: Calibration, dm, taus: list[float], q_val: np.ndarray, y
     z = dm.frame["target"].to_numpy()[history] / sigma  # standardised realised returns
     mode, spread, levels, info = recalibrate(q_val, y_val, sigma[len(dm.anchors["train"]):], z, taus)
     cal.quantiles, cal.taus, cal.spread, cal.levels = mode, taus, spread.tolist(), levels.tolist()
-    cal.adaptive = adaptive.GAMMA
     return info

@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from forecast.errors import ConfigError
+from forecast.evaluation import adaptive
 from forecast.evaluation.calibration import calibrated_forecasts
 from forecast.model import ensemble
 from forecast.tracking import runs
@@ -91,6 +92,7 @@ def fit_predict(cfg: DictConfig, dm, name: str, fold: Fold, parent_id: str) -> t
         runs.set_tags({"fold": fold.index, "network": name})
         runs.log_params({f"fold.{k}": v for k, v in fold.bounds().items()})
         fitted = fit(cfg, dm, model, instantiate(cfg.logger, run_id=run_id))
-        frame, info, _ = calibrated_forecasts(model, dm, str(cfg.get("calibrate") or "none"))
+        frame, info, _ = calibrated_forecasts(model, dm, str(cfg.get("calibrate") or "none"),
+                                              float(cfg.get("quantile_adapt", adaptive.GAMMA)))
         runs.log_metrics({f"calibration/{k}": v for k, v in info.items() if math.isfinite(v)})
     return frame.drop("ticker", "date", "realised"), dict(val_loss=fitted.val_loss, **info)

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from forecast.errors import ConfigError
+from forecast.evaluation import adaptive
 from forecast.evaluation.baselines import check_names
 from forecast.evaluation.calibration import Calibration, calibrated_forecasts
 from forecast.evaluation.description import train_description
@@ -96,7 +97,7 @@ def test_forecasts(cfg: DictConfig, model, dm, trainer) -> tuple:
         raw = forecast(model, dm.test_dataloader())  # (N,), or (N, Q) from a quantile head
         frame = dm.predictions_frame("test", model.head.point(raw))
         return with_head_quantiles(frame, raw, model.head, dm.target_std), Calibration().state()
-    frame, info, calibration = calibrated_forecasts(model, dm, method)
+    frame, info, calibration = calibrated_forecasts(model, dm, method, float(cfg.get("quantile_adapt", adaptive.GAMMA)))
     runs.log_metrics({f"calibration/{k}": v for k, v in info.items() if math.isfinite(v)})
     return frame, calibration.state()
 
