@@ -73,3 +73,27 @@ def test_a_frame_adapts_each_ticker_on_its_own_and_keeps_its_row_order():
         one = frame.filter(pl.col("ticker") == t).sort("date")
         want = adaptive.adapt(one.select("q10", "q50", "q90").to_numpy(), one["realised"].to_numpy(), TAUS, 0.1, 1)
         assert np.allclose(got.filter(pl.col("ticker") == t).sort("date").select("q10", "q50", "q90").to_numpy(), want)
+
+
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_predict_served_history_gives_the_recursion_of_evaluate(tmp_path, horizon):
+    """Session by session, what predict serves (theta from the rows served before) is the recursion
+    train and evaluate score; serving a session again replaces its row and changes nothing."""
+    import datetime as dt
+
+    from forecast.inference import predictions
+    from forecast.inference.served_misses import ServedMisses
+
+    rng = np.random.default_rng(4)
+    n = 80
+    y, q = rng.normal(0, 1.5, n), static(n)
+    engine = predictions.connect(f"sqlite:///{tmp_path}/p.db")  # empty: all history is served here
+    served = ServedMisses(engine, "m", "1", horizon, TAUS, 0.1, str(tmp_path / "store"), dt.date(2030, 1, 1))
+    days = [dt.date(2020, 1, 1) + dt.timedelta(days=i) for i in range(n)]
+    got = []
+    for i, day in enumerate(days):
+        for _ in range(2 if i % 10 == 0 else 1):  # some sessions served twice
+            qi = served.widen(day, ["T"], q[i:i + 1])
+            served.add(day, ["T"], qi, y[i:i + 1])
+        got.append(qi[0])
+    assert np.allclose(np.array(got), adaptive.adapt(q, y, TAUS, 0.1, horizon), rtol=0, atol=1e-12)

@@ -22,16 +22,16 @@ from forecast.inference.predictions import _session_filter, predictions
 
 
 class ServedMisses:
-    """Served quantiles and their outcomes, for theta per (ticker, level)."""
+    """Per served row: ticker, asof and e_<level> = miss - alpha (null while its outcome is unknown)."""
 
     def __init__(self, engine, name: str, version: str, horizon: int, taus: list[float], gamma: float,
                  store: str, before: dt.date):
         self.taus, self.gamma, self.horizon = taus, gamma, horizon
         self.cols = [column(t) for t in taus]
-        self.rows = self._stored(engine, name, version, before, store)  # ticker, asof, q<p>..., y
+        self.rows = self._stored(engine, name, version, before, store)
 
     def _stored(self, engine, name: str, version: str, before: dt.date, store: str) -> pl.DataFrame:
-        """The rows served for as-of sessions before `before`, with their realised returns."""
+        """The rows served for as-of sessions before `before`, their outcomes from the store."""
         from forecast.monitoring.realised import realised_returns
 
         c = predictions.c
@@ -43,35 +43,36 @@ class ServedMisses:
                       realised=pl.Float64)
         rows = pl.DataFrame([(t, a, g, *[(q or {}).get(k) for k in self.cols], r) for t, a, g, q, r in got],
                             schema=schema, orient="row")
-        if rows.height == 0:
-            return rows.drop("target", "realised").with_columns(y=pl.lit(None, pl.Float64))
-        rows = realised_returns(store, rows).with_columns(y=pl.coalesce("realised", "new"))
-        return rows.select("ticker", "asof", *self.cols, "y")
+        y = np.zeros(0)
+        if rows.height:
+            y = realised_returns(store, rows).select(pl.coalesce("realised", "new"))[:, 0].to_numpy()
+        return self._excess(rows["ticker"].to_list(), rows["asof"].to_list(), rows.select(self.cols).to_numpy(), y)
+
+    def _excess(self, tickers: list, asofs: list, q: np.ndarray, y: np.ndarray) -> pl.DataFrame:
+        """ticker, asof, e_<level> of served quantiles q (n, Q) and outcomes y (n,) (NaN: unknown)."""
+        y = np.asarray(y, dtype=np.float64)
+        e = adaptive.misses(q, y, self.taus) - adaptive.alphas(self.taus)[None, :]  # (n, Q)
+        e[~np.isfinite(y)] = np.nan
+        frame = pl.DataFrame(dict(ticker=tickers, asof=asofs, **{f"e_{k}": e[:, j] for j, k in enumerate(self.cols)}),
+                             schema=dict(ticker=pl.String, asof=pl.Date, **{f"e_{k}": pl.Float64 for k in self.cols}))
+        return frame.with_columns(pl.col(f"e_{k}").fill_nan(None) for k in self.cols)
 
     def widen(self, day: dt.date, tickers: list[str], q: np.ndarray) -> np.ndarray:
         """q (n, Q) of `tickers` at as-of `day`, adapted by what was served before it."""
-        th = self.thetas(day, tickers)  # (n, Q)
-        return adaptive.widen(q, th, self.taus)
+        return adaptive.widen(q, self.thetas(day, tickers), self.taus)
 
     def thetas(self, day: dt.date, tickers: list[str]) -> np.ndarray:
-        """(n, Q) theta of each ticker at as-of `day`."""
-        past = self.rows.filter(pl.col("asof") < day).sort("ticker", "asof")
+        """(n, Q) theta of each ticker at as-of `day`: gamma x the sum of e over its known rows."""
+        past = self.rows.filter(pl.col("asof") < day)
         if self.horizon > 1:  # the last horizon - 1 served rows' outcomes are not known yet at `day`
-            past = past.filter(pl.int_range(pl.len()).over("ticker") < pl.len().over("ticker") - (self.horizon - 1))
-        past = past.filter(pl.col("y").is_not_null() & pl.col("y").is_finite())
-        out = np.zeros((len(tickers), len(self.taus)))
-        if past.height == 0:
-            return out
-        where = {t: i for i, t in enumerate(tickers)}
-        for (ticker,), g in past.filter(pl.col("ticker").is_in(tickers)).group_by("ticker"):
-            q, y = g.select(self.cols).to_numpy(), g["y"].to_numpy()  # (M, Q), (M,)
-            out[where[ticker]] = adaptive.theta(q, y, self.taus, self.gamma)
-        return out
+            last = pl.col("asof").rank("ordinal", descending=True).over("ticker")
+            past = past.filter(last > self.horizon - 1)
+        sums = past.drop_nulls().group_by("ticker").agg(pl.col(f"e_{k}").sum() for k in self.cols)
+        want = pl.DataFrame(dict(ticker=tickers), schema=dict(ticker=pl.String))
+        got = want.join(sums, on="ticker", how="left", maintain_order="left").fill_null(0.0)
+        return self.gamma * got.select(f"e_{k}" for k in self.cols).to_numpy()
 
     def add(self, day: dt.date, tickers: list[str], q: np.ndarray, y: np.ndarray) -> None:
         """The quantiles (n, Q) served at as-of `day` and their outcomes (n,) (NaN: not known yet)."""
-        new = pl.DataFrame(dict(ticker=tickers, asof=[day] * len(tickers),
-                                **{k: q[:, j] for j, k in enumerate(self.cols)}, y=y),
-                           schema=self.rows.schema).with_columns(pl.col("y").fill_nan(None))
         kept = self.rows.filter(~((pl.col("asof") == day) & pl.col("ticker").is_in(tickers)))
-        self.rows = pl.concat([kept, new])
+        self.rows = pl.concat([kept, self._excess(tickers, [day] * len(tickers), q, y)])
