@@ -159,7 +159,7 @@ def test_ddp_on_two_cpu_processes_logs_one_run(tmp_path):
 
 
 def test_ddp_shards_see_every_sample_once():
-    from forecast.data.market import EpochBatchSampler
+    from forecast.data.windows import EpochBatchSampler
 
     shards = []
     for rank in range(2):

@@ -28,7 +28,7 @@ class Split:
 
 
 def split(dm, name: str) -> Split:
-    from forecast.data.market import EpochBatchSampler
+    from forecast.data.windows import EpochBatchSampler
 
     ds = dm.dataset(name)
     batches = [{k: v for k, v in ds[idx].items() if k not in NOT_INPUTS}

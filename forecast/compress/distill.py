@@ -34,7 +34,7 @@ def teacher_targets(teacher, dm) -> torch.Tensor:
 
 
 def _ordered(dm, split: str):
-    from forecast.data.market import EpochBatchSampler
+    from forecast.data.windows import EpochBatchSampler
 
     return EpochBatchSampler(len(dm.anchors[split]), dm.batch_size, shuffle=False, shard=False)
 

@@ -49,6 +49,7 @@ class MarketData(Part):
     num_workers: NonNegInt = 0
     train_start: date | None = None
     test_end: date | None = None
+    shard_tickers: bool = False
 
     @field_validator("tickers")
     @classmethod

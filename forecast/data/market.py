@@ -17,9 +17,11 @@ import lightning as L
 import numpy as np
 import polars as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
-from data_pipelines.store import read_prices
+from data_pipelines.store import read_prices, snapshot
+from forecast.data import shards
+from forecast.data.windows import EpochBatchSampler, WindowDataset
 from forecast.errors import ConfigError, UserError
 
 FEATURES = ["ret", "gap", "intraday", "range", "dvol"]
@@ -100,66 +102,13 @@ def assign_split(df: pl.DataFrame, window: int, purge: int, val_start: date, tes
     return df.with_columns(split=split)
 
 
-class WindowDataset(Dataset):
-    """Windows gathered in one indexing op per batch: the sampler yields lists of sample indices.
-    `inputs` holds per-row tensors (N, ...) such as the price features `x`; each becomes (B, L, ...).
-    `date` (B,) identifies the anchor's session, the cross-section its forecast is ranked in."""
-
-    def __init__(self, inputs: dict[str, torch.Tensor], ticker: torch.Tensor, target: torch.Tensor,
-                 anchors: torch.Tensor, window: int, date: torch.Tensor):
-        self.inputs, self.ticker, self.target, self.anchors, self.date = inputs, ticker, target, anchors, date
-        self.offsets = torch.arange(-window + 1, 1)  # (L,)
-
-    def __len__(self) -> int:
-        return len(self.anchors)
-
-    def __getitem__(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        a = self.anchors[idx]  # (B,)
-        rows = (a[:, None] + self.offsets).reshape(-1)  # (B * L,)
-        # index_select, not v[rows]: the same values, ~5x faster on CPU for (B * L) rows of a large (N, F)
-        windows = {name: v.index_select(0, rows).view(len(a), len(self.offsets), *v.shape[1:])
-                   for name, v in self.inputs.items()}  # each (B, L, ...)
-        return dict(windows, ticker=self.ticker[a], y=self.target[a], row=a, date=self.date[a])
-
-
-class EpochBatchSampler(Sampler):
-    """Batches of sample indices; the shuffle is a function of (seed, epoch) only, so a run resumed
-    from a checkpoint sees the same order as an uninterrupted one. Under DDP each rank takes every
-    `world_size`-th sample of the permutation (padded to equal length), so no sample is seen twice."""
-
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, shard: bool = True):
-        self.n, self.batch_size, self.shuffle, self.seed, self.epoch = n, batch_size, shuffle, seed, 0
-        dist = shard and torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.rank = torch.distributed.get_rank() if dist else 0
-        self.world = torch.distributed.get_world_size() if dist else 1
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _indices(self) -> torch.Tensor:
-        if not self.shuffle:
-            idx = torch.arange(self.n)
-        else:
-            idx = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        if self.world > 1:
-            per_rank = -(-self.n // self.world)
-            idx = torch.cat([idx, idx[: per_rank * self.world - self.n]])[self.rank::self.world]
-        return idx
-
-    def __iter__(self):
-        yield from (b.tolist() for b in self._indices().split(self.batch_size))
-
-    def __len__(self) -> int:
-        per_rank = -(-self.n // self.world)  # ceil
-        return -(-per_rank // self.batch_size)
-
-
 class MarketData(L.LightningDataModule):
     def __init__(self, store: str, tickers: list[str] | None = None, window: int = 64, horizon: int = 1,
                  purge: int | None = None, val_start: str | None = None, test_start: str | None = None,
                  val_frac: float = 0.15, test_frac: float = 0.15, batch_size: int = 128, num_workers: int = 0,
                  modalities: list[str] = ("price",), train_start: str | None = None, test_end: str | None = None,
-                 seed: int = 0, label: str = "raw", exog_level_window: int | None = None):
+                 seed: int = 0, label: str = "raw", exog_level_window: int | None = None,
+                 shard_tickers: bool = False):
         super().__init__()
         from forecast.config import validate
         from forecast.config.parts import MarketData as Schema
@@ -176,46 +125,126 @@ class MarketData(L.LightningDataModule):
         self._check_label(self.tickers)
         self.fold = tuple(None if d is None else date.fromisoformat(str(d)) for d in (train_start, test_end))
         self.frame: pl.DataFrame | None = None
+        self.shard_tickers, self.survey, self.pad, self.inputs = bool(shard_tickers), None, {}, {}
+        extra = sorted(set(self.modalities) - {"price", "ticker"})
+        if self.shard_tickers and extra:
+            raise ConfigError("shard_tickers", f"ticker shards fit the price and ticker inputs only; the modalities "
+                                               f"{extra} are fitted on the whole store: set it to false")
 
     def setup(self, stage: str | None = None) -> None:
+        """Read the store, split, fit the training statistics and tensorise. With `shard_tickers`, the
+        survey first (forecast/data/shards.py); `stage="plan"` (train, before DDP starts) stops there,
+        any other stage (Lightning's "fit" on each rank) reads this rank's shard of tickers."""
         if self.frame is not None:
             return
         if not (Path(self.store) / "manifest.parquet").exists():
             raise UserError(f"data.store: no store at {self.store}; stores found: {find_stores() or 'none'} "
                             "(build one with `python -m forecast ingest path=<files> store=<dir>`)")
-        # open/high/low/volume are not kept: the features and the target are made of them
-        df = add_target(price_features(read_prices(self.store, self.tickers)), self.horizon)
-        df = df.drop("open", "high", "low", "volume")
-        df = df.rechunk() if df.n_chunks() > 1 else df  # the statistics sum chunk by chunk: one chunk, as always
+        if self.shard_tickers:
+            self._survey()
+            if stage != "plan":
+                rank, world = shards.rank_and_world()
+                self._read_shard(shards.plan(self.survey.manifest, world)[rank], rank)
+            return
+        df = self._features(read_prices(self.store, self.tickers))
         self.val_start, self.test_start = split_dates(df["date"], *self.bounds)
-        _check(self.val_start < self.test_start, "val_start",
-               f"must be before test_start, got {self.val_start} >= {self.test_start}")
         self._check_label(df["ticker"].unique().to_list())
         self.frame = assign_split(df, self.window, self.purge, self.val_start, self.test_start, *self.fold)
-        counts = {s: int((self.frame["split"] == s).sum()) for s in SPLITS}
-        for s, n in counts.items():
-            _check(n > 0, f"{'val' if s == 'train' else s}_start",
-                   f"the {s} split is empty (dates {df['date'].min()}..{df['date'].max()}, "
-                   f"val_start={self.val_start}, test_start={self.test_start}, window={self.window})")
+        self._check_splits({s: int((self.frame["split"] == s).sum()) for s in SPLITS},
+                           df["date"].min(), df["date"].max())
         self._fit_and_tensorise()
 
-    def _fit_and_tensorise(self) -> None:
-        """Normalisation and target scale from train-period rows only; then one tensor per column."""
+    def _features(self, prices: pl.DataFrame) -> pl.DataFrame:
+        # open/high/low/volume are not kept: the features and the target are made of them
+        df = add_target(price_features(prices), self.horizon).drop("open", "high", "low", "volume")
+        return df.rechunk() if df.n_chunks() > 1 else df  # the statistics sum chunk by chunk: one chunk
+
+    def _check_splits(self, counts: dict[str, int], first, last) -> None:
+        _check(self.val_start < self.test_start, "val_start",
+               f"must be before test_start, got {self.val_start} >= {self.test_start}")
+        for s, n in counts.items():
+            _check(n > 0, f"{'val' if s == 'train' else s}_start",
+                   f"the {s} split is empty (dates {first}..{last}, "
+                   f"val_start={self.val_start}, test_start={self.test_start}, window={self.window})")
+
+    def _survey(self) -> None:
+        """Split dates, anchor counts and vocabulary from the (ticker, date) columns alone, alike on every rank."""
+        if self.survey is not None:
+            return
+        def assign(part, val_start, test_start):  # noqa: E306 (the target's nulls, from the dates alone)
+            part = part.with_columns(target=pl.col("date").shift(-self.horizon).over("ticker"))
+            return assign_split(part, self.window, self.purge, val_start, test_start, *self.fold)
+
+        with snapshot(self.store) as snap:
+            self.survey = shards.survey(snap, self.tickers, self.bounds, assign)
+        sv = self.survey
+        self.val_start, self.test_start, self.vocab = sv.val_start, sv.test_start, sv.vocab
+        self._check_label(sv.manifest["ticker"].to_list())
+        days = sv.dates.astype("datetime64[D]")
+        self._check_splits(sv.counts, days[0] if len(days) else None, days[-1] if len(days) else None)
+
+    def _read(self, tickers: list[str]) -> pl.DataFrame:
+        """The features of `tickers`, split by the survey's dates; the store must hold what it surveyed."""
+        with snapshot(self.store) as snap:
+            now = snap.manifest.filter(pl.col("ticker").is_in(tickers)).select(self.survey.manifest.columns)
+            if not now.sort("ticker").equals(self.survey.manifest.filter(pl.col("ticker").is_in(tickers))):
+                raise UserError(f"data.store: {self.store} changed after the ticker shards were planned "
+                                "(an ingest wrote it); run again")
+            df = self._features(snap.read_prices(tickers))
+        return assign_split(df, self.window, self.purge, self.val_start, self.test_start, *self.fold)
+
+    def _read_shard(self, tickers: list[str], rank: int) -> None:
+        """This rank's tickers; statistics reduced over all ranks; equal batch counts on every rank."""
+        self.frame = self._read(tickers)
+        self._fit_and_tensorise(reduced=True)
+        self.pad = {s: shards.all_max(len(self.anchors[s])) for s in ("train", "val")}
+        empty = [s for s in ("train", "val") if len(self.anchors[s]) == 0]
+        if shards.all_max(len(empty)):  # every rank raises, so none waits on the others
+            raise ConfigError("shard_tickers", f"a rank's shard has no {'/'.join(empty) or 'train/val'} "
+                                               f"anchors (rank {rank}: {len(tickers)} tickers); use fewer devices")
+
+    def read_all(self) -> None:
+        """After sharded DDP training, on rank 0 (which tests alone): every ticker, normalised with the
+        statistics the ranks fitted together (nothing refitted). A no-op when this rank holds them all."""
+        if not self.shard_tickers or self.frame["ticker"].n_unique() == self.survey.manifest.height:
+            return
+        self.frame = None  # the shard's arrays go before the whole store comes in
+        self.inputs = {}
+        self.frame = self._read(self.survey.manifest["ticker"].to_list())
+        self._tensorise(cross_sectional_label(self.frame, self.label))
+        self.pad = {}
+
+    def _fit_and_tensorise(self, reduced: bool = False) -> None:
+        """Normalisation and target scale from train-period rows only (over every rank's shard when
+        `reduced`); then one tensor per column."""
         df = self.frame
         fit_rows = (df["date"] < self.val_start) & (df["date"] >= (self.fold[0] or date.min))
-        stats = df.select(*[pl.col(c).filter(fit_rows).drop_nans().mean().alias(c) for c in FEATURES]).row(0), \
-            df.select(*[pl.col(c).filter(fit_rows).drop_nans().std().alias(c) for c in FEATURES]).row(0)
-        self.feature_mean = np.array(stats[0], dtype=np.float64)
-        self.feature_std = np.array([s if s and s > 0 else 1.0 for s in stats[1]], dtype=np.float64)
         is_train = (df["split"] == "train").fill_null(False)
-        train = is_train.to_numpy()
-        self.target_mean = float(df["target"].filter(is_train).mean())
-        label = cross_sectional_label(df, self.label)  # (N,) what the loss sees, before scaling
-        demeaned = label if self.label != "cs_zscore" else cross_sectional_label(df, "cs_demean")
-        self.target_std = float(np.std(demeaned[train], ddof=1))  # forecasts x this = log-return units
-        self.inputs = {"x": torch.from_numpy(self._normalised(df))}  # (N, F)
+        if reduced:
+            mean, std = shards.mean_std(df, FEATURES, fit_rows)
+            label = shards.cross_sectional_label(df, self.label, self.survey.dates)
+            demeaned = label if self.label != "cs_zscore" else shards.cross_sectional_label(
+                df, "cs_demean", self.survey.dates)
+            self.target_mean = float(shards.mean_std(df, ["target"], is_train)[0][0])
+            self.target_std = float(shards.mean_std(pl.DataFrame(dict(d=demeaned)), ["d"], is_train)[1][0])
+        else:
+            mean = df.select(*[pl.col(c).filter(fit_rows).drop_nans().mean().alias(c) for c in FEATURES]).row(0)
+            std = df.select(*[pl.col(c).filter(fit_rows).drop_nans().std().alias(c) for c in FEATURES]).row(0)
+            self.target_mean = float(df["target"].filter(is_train).mean())
+            label = cross_sectional_label(df, self.label)  # (N,) what the loss sees, before scaling
+            demeaned = label if self.label != "cs_zscore" else cross_sectional_label(df, "cs_demean")
+            self.target_std = float(np.std(demeaned[is_train.to_numpy()], ddof=1))  # forecasts x this: log returns
+            self.vocab = sorted(df["ticker"].filter(is_train).unique().to_list())
+        self.feature_mean = np.array(mean, dtype=np.float64)
+        self.feature_std = np.array([s if s and s > 0 else 1.0 for s in std], dtype=np.float64)
+        self.inputs = {}
+        self._tensorise(label)
         self.inputs.update(self._modality_inputs(fit_rows.to_numpy()))
-        self.vocab = sorted(df["ticker"].filter(is_train).unique().to_list())
+
+    def _tensorise(self, label: np.ndarray) -> None:
+        """The per-row tensors, with the fitted statistics and vocabulary; `label` (N,) before scaling."""
+        df = self.frame
+        self.inputs["x"] = torch.from_numpy(self._normalised(df))  # (N, F)
         ids = {t: i + 1 for i, t in enumerate(self.vocab)}  # 0: a ticker unseen in training
         ticker_ids = df.select(pl.col("ticker").replace_strict(ids, default=0, return_dtype=pl.Int64))
         self.ticker_ids = torch.tensor(ticker_ids.to_series().to_numpy())  # (N,)
@@ -261,9 +290,11 @@ class MarketData(L.LightningDataModule):
                              self.date_ids)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        """Train and val batches are sharded across DDP ranks; test batches never (rank 0 tests alone)."""
+        """Train and val batches are sharded across DDP ranks, by sample or (`shard_tickers`) by the
+        ticker shard each rank read; test batches never (rank 0 tests alone)."""
         ds = self.dataset(split)
-        sampler = EpochBatchSampler(len(ds), self.batch_size, shuffle=shuffle, seed=self.seed, shard=split != "test")
+        sampler = EpochBatchSampler(len(ds), self.batch_size, shuffle=shuffle, seed=self.seed,
+                                    shard=split != "test" and not self.pad, pad=self.pad.get(split))
         if self.trainer is not None:  # Lightning iterates a resumed epoch before it calls set_epoch
             sampler.set_epoch(self.trainer.current_epoch)
         return DataLoader(ds, batch_size=None, sampler=sampler, num_workers=self.num_workers)
@@ -301,24 +332,12 @@ class MarketData(L.LightningDataModule):
                     exogenous=self._exogenous_state() if "exogenous" in self.modalities else None)
 
     def _exogenous_state(self) -> dict:
-        """Per exogenous column (`<series>`, `<series>:chg`): the training-period mean and std that
-        `modalities.exogenous_inputs` scales with, and whether it had any training value (else masked)."""
-        import warnings
-
-        from forecast.data.modalities import exogenous_table, exogenous_wide
+        from forecast.data.modalities import exogenous_state
 
         df = self.frame
         fit_rows = ((df["date"] < self.val_start) & (df["date"] >= (self.fold[0] or date.min))).to_numpy()
-        series, wide = exogenous_wide(exogenous_table(self.store), df["date"], self.exog_level_window)
-        cols = [c for s in series for c in (s, f"{s}:chg")]
-        values = df.select("date").join(wide, on="date", how="left").select(cols).to_numpy().astype(np.float64)
-        fit = np.where(np.isfinite(values) & fit_rows[:, None], values, np.nan)[fit_rows]  # (N_fit, 2S)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns of series unseen in training
-            mean, std = np.nanmean(fit, axis=0), np.nanstd(fit, axis=0)
-        std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
-        return dict(series=series, columns=cols, mean=np.nan_to_num(mean).tolist(), std=std.tolist(),
-                    fitted=np.isfinite(fit).any(axis=0).tolist())
+        return exogenous_state(df, self.store, fit_rows, self.exog_level_window)
+
 
     def _check_label(self, tickers: list[str] | None) -> None:
         """A cross-sectional label needs a cross-section: more than one ticker."""

@@ -132,6 +132,22 @@ def exogenous_wide(exog: pl.DataFrame, dates: pl.Series, level_window: int | Non
     return series, wide
 
 
+def exogenous_state(frame: pl.DataFrame, store: str, fit_rows: np.ndarray, level_window: int | None) -> dict:
+    """Per exogenous column (`<series>`, `<series>:chg`): the training-period mean and std that
+    `exogenous_inputs` scales with, and whether it had any training value (else masked): what
+    MarketData.predict_state carries to predict."""
+    series, wide = exogenous_wide(exogenous_table(store), frame["date"], level_window)
+    cols = [c for s in series for c in (s, f"{s}:chg")]
+    values = frame.select("date").join(wide, on="date", how="left").select(cols).to_numpy().astype(np.float64)
+    fit = np.where(np.isfinite(values) & fit_rows[:, None], values, np.nan)[fit_rows]  # (N_fit, 2S)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns of series unseen in training
+        mean, std = np.nanmean(fit, axis=0), np.nanstd(fit, axis=0)
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    return dict(series=series, columns=cols, mean=np.nan_to_num(mean).tolist(), std=std.tolist(),
+                fitted=np.isfinite(fit).any(axis=0).tolist())
+
+
 def exogenous_inputs(frame: pl.DataFrame, store: str, fit_rows: np.ndarray,
                      level_window: int | None = None) -> dict[str, torch.Tensor]:
     """`exog` (N, 2S): each series' level (or its trailing z-score, see exogenous_wide) and change,

@@ -21,7 +21,8 @@ import polars as pl
 import torch
 
 from data_pipelines.store import read_prices
-from forecast.data.market import WindowDataset, price_features
+from forecast.data.market import price_features
+from forecast.data.windows import WindowDataset
 from forecast.errors import UserError
 
 

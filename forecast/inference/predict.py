@@ -253,7 +253,7 @@ class Forecasts:
 def run_model(model, ds, batch_size: int, scale: float) -> Forecasts:
     """The forecasts of every window of `ds`, in order, through THE forecast path (fit.forecast);
     `scale` (the training target's std) turns the model's units into log returns."""
-    from forecast.data.market import EpochBatchSampler
+    from forecast.data.windows import EpochBatchSampler
     from forecast.model.forecaster import NOT_INPUTS
     from forecast.training.fit import forecast
 

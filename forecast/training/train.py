@@ -35,7 +35,7 @@ def train(cfg: DictConfig) -> float:
         cfg = stored_config(run_id, cfg)
     check_names(cfg.get("baselines", []), "baselines")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = build_data(cfg)  # user errors surface here, before anything is written to the tracking store
+    dm = build_data(cfg, "plan")  # user errors surface here, before anything is written to the tracking store
     model = ensemble.build(cfg.model, dm.dims)
     experiment_id = runs.connect(cfg.logger)
     if cfg.get("init_from") and ckpt is None:
@@ -53,6 +53,7 @@ def train(cfg: DictConfig) -> float:
             runs.log_config(cfg, data_params(dm))
         review.tag_run(review.run_tags(cfg, "train"))
         fitted = fit(cfg, dm, model, instantiate(cfg.logger, run_id=run_id), ckpt)
+        dm.read_all()  # after training on ticker shards: rank 0 tests every ticker
         frame, calibration = test_forecasts(cfg, model, dm, fitted.trainer)
         frame = with_baselines(frame, dm.frame, list(cfg.get("baselines", [])))
         results, val_ic = score_points(frame), validation_ic(model, dm, fitted.trainer)
@@ -69,10 +70,11 @@ def train(cfg: DictConfig) -> float:
     return fitted.val_loss
 
 
-def build_data(cfg: DictConfig):
+def build_data(cfg: DictConfig, stage: str | None = None):
+    """The data module, set up (`stage="plan"`: with ticker shards, only surveyed; Lightning reads them)."""
     dm = instantiate(cfg.data)
     try:
-        dm.setup()
+        dm.setup(stage)
     except ConfigError as e:
         raise e.within("data") from None
     return dm
@@ -80,9 +82,12 @@ def build_data(cfg: DictConfig):
 
 def data_params(dm) -> dict[str, str]:
     """The data sizes and the split dates and tickers the run resolved (given or by quantile)."""
-    sizes = {f"data.n_{s}": len(a) for s, a in dm.anchors.items()}
-    return dict(sizes, **{"data.val_start_resolved": dm.val_start, "data.test_start_resolved": dm.test_start,
-                          "data.tickers_resolved": ",".join(dm.frame["ticker"].unique().sort())})
+    if dm.frame is None:  # ticker shards, surveyed but not read yet
+        sizes, tickers = dm.survey.counts, dm.survey.manifest["ticker"]
+    else:
+        sizes, tickers = {s: len(a) for s, a in dm.anchors.items()}, dm.frame["ticker"].unique().sort()
+    return {**{f"data.n_{s}": n for s, n in sizes.items()}, "data.val_start_resolved": dm.val_start,
+            "data.test_start_resolved": dm.test_start, "data.tickers_resolved": ",".join(tickers)}
 
 
 def test_forecasts(cfg: DictConfig, model, dm, trainer) -> tuple:
