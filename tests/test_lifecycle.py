@@ -158,6 +158,18 @@ def test_ddp_on_two_cpu_processes_logs_one_run(tmp_path):
     assert runs[0].data.params["trainer.strategy"] == "ddp" and "test/mse" in runs[0].data.metrics
 
 
+def test_ddp_on_ticker_shards_trains_and_tests_every_ticker(tmp_path):
+    run_id = _run(tmp_path, "trainer=ddp", "trainer.max_epochs=1", "experiment=multi_ticker", "data.shard_tickers=true")
+    run = MlflowClient(f"sqlite:///{tmp_path}/m.db").get_run(run_id)
+    assert run.data.params["data.shard_tickers"] == "True" and "test/mse" in run.data.metrics
+    logged = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions/test_predictions.parquet",
+                                                 tracking_uri=f"sqlite:///{tmp_path}/m.db", dst_path=str(tmp_path))
+    # rank 0 trained on IXIC and GOOG (the plan balances rows), then read every ticker for the test;
+    # GOOG's history ends before the test period
+    assert set(pl.read_parquet(logged)["ticker"]) == {"IXIC", "SPX"}
+    assert run.data.params["data.tickers_resolved"] == "GOOG,IXIC,SPX"
+
+
 def test_ddp_shards_see_every_sample_once():
     from forecast.data.windows import EpochBatchSampler
 
