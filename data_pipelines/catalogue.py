@@ -34,6 +34,7 @@ SCHEMA = dict(path=pl.String, size=pl.Int64, mtime_ns=pl.Int64, digest=pl.String
               problem=pl.String, options=pl.String)
 RACY_NS = 2_000_000_000
 ALWAYS_READ = ("news", "exogenous")
+PREREAD_BYTES = 256 << 20  # changed files hashed by `unchanged` whose bytes are kept for the reader
 STAGED = ".staged"  # the suffix of a catalogue written but not yet published (store_gc removes a dead ingest's)
 OPTION_KEYS = ("exchange", "exchanges", "ticker_pattern", "upper_tickers", "date_format", "max_price", "max_volume")
 
@@ -50,11 +51,12 @@ def read(store: Path) -> pl.DataFrame | None:
 
 
 def unchanged(store: Path, listed: pl.DataFrame, options: str, old: pl.DataFrame | None
-              ) -> tuple[pl.DataFrame, pl.DataFrame]:
+              ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, bytes]]:
     """(the rows of `listed` (drop.listing: path, real, size, mtime_ns) to read, the catalogue rows of
-    the unchanged files with their current stat); `old` is the store's catalogue (`read`)."""
+    the unchanged files with their current stat, {path: bytes} of the files to read that were hashed
+    here, so they are read once: up to PREREAD_BYTES of them); `old` is the store's catalogue (`read`)."""
     if old is None:
-        return listed, pl.DataFrame(schema=SCHEMA)
+        return listed, pl.DataFrame(schema=SCHEMA), {}
     written = (Path(store) / TABLE).stat().st_mtime_ns
     df = listed.join(old.rename({"path": "real"}), on="real", how="left", suffix="_old", maintain_order="left")
     known = ((pl.col("options") == options) & ~pl.col("kind").is_in(ALWAYS_READ) & pl.col("problem").is_null()
@@ -62,19 +64,29 @@ def unchanged(store: Path, listed: pl.DataFrame, options: str, old: pl.DataFrame
     same_stat = (pl.col("size") == pl.col("size_old")) & (pl.col("mtime_ns") == pl.col("mtime_ns_old")) \
         & (pl.col("mtime_ns") < written - RACY_NS)
     df = df.with_columns(known=known.fill_null(False), same=same_stat.fill_null(False))
-    hashed = [real for real, want in df.filter(pl.col("known") & ~pl.col("same")).select("real", "digest").iter_rows()
-              if _digest_or_none(Path(real)) == want]
+    hashed, preread, room = [], {}, PREREAD_BYTES
+    for path, real, want in df.filter(pl.col("known") & ~pl.col("same")).select("path", "real", "digest").iter_rows():
+        raw = _bytes_or_none(Path(real))
+        if raw is not None and digest(raw) == want:
+            hashed.append(real)
+        elif raw is not None and len(raw) <= room:
+            preread[str(Path(path))], room = raw, room - len(raw)
     keep = (pl.col("known") & pl.col("same")) | pl.col("real").is_in(hashed)
     kept = df.filter(keep).select(path="real", size="size", mtime_ns="mtime_ns", digest="digest", kind="kind",
                                   problem="problem", options="options")
-    return df.filter(~keep).select(listed.columns), kept
+    return df.filter(~keep).select(listed.columns), kept, preread
+
+
+def _bytes_or_none(path: Path) -> bytes | None:
+    try:
+        return raw_bytes(path)
+    except Exception:  # noqa: BLE001 - unreadable now: read it, and let the reader say why
+        return None
 
 
 def _digest_or_none(path: Path) -> str | None:
-    try:
-        return digest(raw_bytes(path))
-    except Exception:  # noqa: BLE001 - unreadable now: read it, and let the reader say why
-        return None
+    raw = _bytes_or_none(path)
+    return None if raw is None else digest(raw)
 
 
 def stage(store: Path, sources: list, listed: pl.DataFrame, kept: pl.DataFrame, options: str,
@@ -92,11 +104,13 @@ def stage(store: Path, sources: list, listed: pl.DataFrame, kept: pl.DataFrame, 
     new = pl.concat([read_rows.select(list(SCHEMA)).cast(SCHEMA), kept.select(list(SCHEMA)).cast(SCHEMA)])
     if old is not None:
         new = pl.concat([old.cast(SCHEMA).join(new, on="path", how="anti"), new])
-    new = new.unique("path", keep="last").sort("path")
-    if old is not None and old.sort("path").equals(new):
+    if new["path"].n_unique() < new.height:  # one file listed by two paths (a followed link)
+        new = new.unique("path", keep="last")
+    new = new.sort("path")
+    if old is not None and (old if old["path"].is_sorted() else old.sort("path")).equals(new):
         return None
     path = Path(store) / f".{TABLE}.{os.getpid()}{STAGED}"
-    new.write_parquet(path, compression="zstd", statistics=True)
+    new.write_parquet(path, compression="zstd", compression_level=1, statistics=True)  # level 1: half the time
     with open(path, "rb") as f:
         os.fsync(f.fileno())
     return path

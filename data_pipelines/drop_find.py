@@ -12,6 +12,7 @@ timestamp before 1970, a `find` without -printf (BSD, busybox) or no `find` at a
 """
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -44,11 +45,10 @@ def listing(root: Path, columns: dict, not_data: str) -> tuple[pl.DataFrame, dic
     groups = [g for g in (folders[i::WORKERS] for i in range(WORKERS)) if g] if len(folders) > 1 else []
     calls = [["find", ".", "-mindepth", "1", *(["-maxdepth", "1"] if groups else []), *EXPRESSION]]
     calls += [["find", *(f"./{name}" for name in g), "-mindepth", "1", *EXPRESSION] for g in groups]
-    records = _run(calls, root)
-    if records is None:
+    data = _run(calls, root)
+    if data is None:
         return None
-    df = pl.DataFrame({"r": records}, schema={"r": pl.String}).select(
-        pl.col("r").str.splitn("\t", 4).struct.rename_fields(["y", "size", "t", "rel"])).unnest("r")
+    df = _records(data)
     if not df["y"].is_in(["f", "d", "H"]).all() or df["t"].str.starts_with("-").any():
         return None
     df = df.with_columns(pl.col("rel").str.strip_prefix("./"))
@@ -56,7 +56,7 @@ def listing(root: Path, columns: dict, not_data: str) -> tuple[pl.DataFrame, dic
     return _frame(df, top, os.path.realpath(top), columns, not_data)
 
 
-def _run(calls: list[list[str]], cwd: Path) -> list[str] | None:
+def _run(calls: list[list[str]], cwd: Path) -> bytes | None:
     """The records the `find` calls print, run at once in `cwd` (each into its own file, so none
     waits on a full pipe); None on any error or a name that is not UTF-8."""
     outs = [tempfile.TemporaryFile() for _ in calls]
@@ -69,7 +69,8 @@ def _run(calls: list[list[str]], cwd: Path) -> list[str] | None:
         for o in outs:
             o.seek(0)
             data += o.read()
-        return data.decode("utf-8").split("\0")[:-1]
+        data.decode("utf-8")  # only checked: polars reads the bytes
+        return data
     except (OSError, UnicodeDecodeError):
         return None
     finally:
@@ -77,12 +78,23 @@ def _run(calls: list[list[str]], cwd: Path) -> list[str] | None:
             o.close()
 
 
+def _records(data: bytes) -> pl.DataFrame:
+    """y, size, t, rel of each NUL-ended record. Parsed as tab-separated values when every record
+    has exactly its three tabs (no name holds one), else split per record."""
+    if data.count(b"\t") == 3 * data.count(b"\0"):
+        return pl.read_csv(io.BytesIO(data), separator="\t", eol_char="\0", has_header=False, quote_char=None,
+                           new_columns=["y", "size", "t", "rel"], infer_schema=False)
+    records = data.decode("utf-8").split("\0")[:-1]
+    return pl.DataFrame({"r": records}, schema={"r": pl.String}).select(
+        pl.col("r").str.splitn("\t", 4).struct.rename_fields(["y", "size", "t", "rel"])).unnest("r")
+
+
 def _frame(df: pl.DataFrame, top: str, real_top: str, columns: dict, not_data: str) -> tuple[pl.DataFrame, dict, dict]:
     """The parsed `find` records (y, size, t, rel: the path below `top`) as drop.listing's answer."""
-    rel = pl.col("rel")
-    name = rel.str.extract(r"([^/]*)$")
+    rel = pl.col("rel")  # hidden folders are pruned, so a "/." can only start the name
+    hidden = rel.str.starts_with(".") | rel.str.contains("/.", literal=True)
     df = df.with_columns(path=pl.lit(os.path.join(top, "")) + rel,
-                         data=name.str.contains(_DATA) & ~name.str.starts_with("."),
+                         data=rel.str.contains(_DATA) & ~hidden,
                          order=rel.str.replace_all("/", "\x00", literal=True))  # Path order: parts compared
     if top == ".":  # the walk names the root's entries ./a and, below them, a/b (Path drops the ./)
         df = df.with_columns(path=pl.when(pl.col("rel").str.contains("/", literal=True)).then("rel").otherwise("path"))

@@ -170,23 +170,24 @@ def fit_stats(dates: pl.DataFrame, codes: list[str]) -> dict:
 def _count(groups: pl.DataFrame, chunk: list[str], member: np.ndarray, span: np.ndarray, out: dict) -> None:
     """Fill `out` from (ticker, mask) groups: hits and the sessions between the first and last hit."""
     cum = np.cumsum(member, axis=1)
-    start = span[0]
     per = groups.group_by("ticker").agg(
         pl.col("n").sum().alias("n"),
         *[pl.col("n").filter((pl.col("mask") & (1 << k)) != 0).sum().alias(f"h{k}") for k in range(len(chunk))],
         *[pl.col("lo").filter((pl.col("mask") & (1 << k)) != 0).min().alias(f"a{k}") for k in range(len(chunk))],
         *[pl.col("hi").filter((pl.col("mask") & (1 << k)) != 0).max().alias(f"b{k}") for k in range(len(chunk))])
-    for row in per.iter_rows(named=True):
-        t, n = row["ticker"], row["n"]
-        out["n"][t] = n
-        for k, code in enumerate(chunk):
-            hits = row[f"h{k}"]
-            if not hits:
-                out["p"][t, code], out["r"][t, code] = 0.0, 0.0
-                continue
-            a, b = (int((np.datetime64(row[x], "D") - start).astype(int)) for x in (f"a{k}", f"b{k}"))
-            in_span = int(cum[k, b] - cum[k, a] + member[k, a])
-            out["p"][t, code], out["r"][t, code] = hits / n, min(1.0, hits / in_span)
+    tickers, n = per["ticker"].to_list(), per["n"].to_numpy()
+    out["n"].update(zip(tickers, n.tolist()))
+    start = int(span[0].astype(np.int64))
+    for k, code in enumerate(chunk):
+        hits = per[f"h{k}"].fill_null(0).to_numpy()
+        a, b = ((per[f"{x}{k}"].cast(pl.Int64).fill_null(start) - start).to_numpy() for x in "ab")
+        in_span = cum[k, b] - cum[k, a] + member[k, a]          # (T,) sessions from first to last hit
+        has = hits > 0
+        p = np.where(has, hits / n, 0.0)
+        r = np.where(has, np.minimum(1.0, hits / np.maximum(in_span, 1)), 0.0)
+        keys = [(t, code) for t in tickers]
+        out["p"].update(zip(keys, p.tolist()))
+        out["r"].update(zip(keys, r.tolist()))
 
 
 def _member(code: str, span: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import polars as pl
 
-from data_pipelines import calendars, catalogue, exchanges
+from data_pipelines import calendars, catalogue, exchanges, segments
 from data_pipelines import store as st
 from data_pipelines.adjust import adjust
 from data_pipelines.dedup import dedup
@@ -106,23 +106,26 @@ def ingest(path: str | Path, store: str | Path, opts: Options | None = None) -> 
 
 def _ingest(path: str | Path, store: Path, opts: Options) -> Report:
     rep = Report()
-    with rep.timed("listing"):
-        listed, skipped, rejected = listing(path)
-        options, kept = catalogue.fingerprint(opts), pl.DataFrame(schema=catalogue.SCHEMA)
-        known = catalogue.read(store)  # read once: the writer lock is held until the last write
-        if opts.incremental and opts.mode == "merge":
-            listed, kept = catalogue.unchanged(store, listed, options, known)
-            rep.extra["files_unchanged"] = kept.height
-        files = [Path(p) for p in listed["path"]]
-    with rep.timed("reading"):
-        rows, bad, sources = read_sources(files, opts.ticker_pattern, opts.upper_tickers, opts.date_format)
-    rep.files, rep.rows_read, rep.skipped_files = len(files), rows.height + bad.height, skipped
-    _file_report(rep, rejected, skipped, sources)
-    with ThreadPoolExecutor(2) as pool:  # the new catalogue and the stored rows, beside the checks
+    with ThreadPoolExecutor(3) as pool:  # the store's tables, read once beside the listing
+        known, held = pool.submit(catalogue.read, store), pool.submit(_held, store)
+        with rep.timed("listing"):
+            listed, skipped, rejected = listing(path)
+            options, kept, preread = catalogue.fingerprint(opts), pl.DataFrame(schema=catalogue.SCHEMA), {}
+            known = known.result()  # the writer lock is held until the last write: nothing changes them
+            if opts.incremental and opts.mode == "merge":
+                listed, kept, preread = catalogue.unchanged(store, listed, options, known)
+                rep.extra["files_unchanged"] = kept.height
+            files = [Path(p) for p in listed["path"].to_list()]
+        with rep.timed("reading"):
+            rows, bad, sources = read_sources(files, opts.ticker_pattern, opts.upper_tickers, opts.date_format, preread)
+        rep.files, rep.rows_read, rep.skipped_files = len(files), rows.height + bad.height, skipped
+        _file_report(rep, rejected, skipped, sources)
+        held = held.result()
+        # the new catalogue and the stored rows, beside the checks
         staged = pool.submit(catalogue.stage, store, sources, listed, kept, options, known)
-        stored = pool.submit(_stored_rows, store, rows, opts)
+        stored = pool.submit(_stored_rows, store, rows, opts, held[0])
         try:
-            _check_and_store(rows, bad, sources, listed, store, opts, rep, stored)
+            _check_and_store(rows, bad, sources, listed, store, opts, rep, stored, held)
             with rep.timed("writing"):
                 catalogue.publish(store, staged.result())  # last: a killed ingest reads these files again
         finally:
@@ -130,22 +133,29 @@ def _ingest(path: str | Path, store: Path, opts: Options) -> Report:
     return rep
 
 
-def _stored_rows(store: Path, rows: pl.DataFrame, opts: Options) -> pl.DataFrame | None:
+def _held(store: Path) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+    """What the store holds before this ingest: its manifest and exchanges table (None if absent)."""
+    manifest = st.read_manifest(store) if (store / st.MANIFEST).exists() else None
+    return manifest, exchanges.read_table(store)
+
+
+def _stored_rows(store: Path, rows: pl.DataFrame, opts: Options, manifest: pl.DataFrame | None
+                 ) -> pl.DataFrame | None:
     """For an incremental merge (a few files changed, most of their tickers' rows to merge with), the
-    stored rows of the tickers read; None otherwise (merge_stored reads those whose content changed)."""
-    if not (opts.incremental and opts.mode == "merge" and (store / st.MANIFEST).exists()):
+    stored rows of the tickers read; None otherwise (merge_stored reads those whose content changed).
+    Read from `manifest` directly: this ingest holds the writer lock, so no file it names goes away."""
+    if not (opts.incremental and opts.mode == "merge" and manifest is not None):
         return None
-    manifest = st.read_manifest(store)
-    known = manifest.filter(pl.col("ticker").is_in(rows["ticker"].unique().implode()))["ticker"]
-    return st.read_prices(store, known.to_list()) if known.len() else None
+    known = manifest.filter(pl.col("ticker").is_in(rows["ticker"].unique().implode()))
+    return segments.read(store, known) if known.height else None
 
 
 def _check_and_store(rows: pl.DataFrame, bad: pl.DataFrame, sources, listed: pl.DataFrame, store: Path,
-                     opts: Options, rep: Report, stored: Future) -> None:
+                     opts: Options, rep: Report, stored: Future, held: tuple) -> None:
     """Value rules and sessions, dedup, then the quarantine and the prices written (`stored`: the
-    future of `_stored_rows`)."""
+    future of `_stored_rows`; `held`: `_held`'s manifest and exchanges table)."""
     with rep.timed("validating"):
-        rows, b_rules, table = _check_rows(rows, opts, store)
+        rows, b_rules, table = _check_rows(rows, opts, *held)
     with rep.timed("dedup"):
         rows, rep.duplicates, b_conflicts = dedup(rows)
     rep.conflicts = b_conflicts.height
@@ -156,7 +166,7 @@ def _check_and_store(rows: pl.DataFrame, bad: pl.DataFrame, sources, listed: pl.
     with rep.timed("writing"):
         _write_quarantine(store, quarantined, listed["real"])
         if rows.height:
-            _store_prices(store, adjust(rows), opts, rep, table, stored.result())
+            _store_prices(store, adjust(rows), opts, rep, table, held[0], stored.result())
 
 
 def _file_report(rep: Report, rejected: dict, skipped: dict, sources) -> None:
@@ -168,16 +178,16 @@ def _file_report(rep: Report, rejected: dict, skipped: dict, sources) -> None:
         rep.skipped_files = {f: w for f, w in skipped.items() if Path(f).name != LAG_FILE}
 
 
-def _check_rows(rows: pl.DataFrame, opts: Options, store: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+def _check_rows(rows: pl.DataFrame, opts: Options, manifest: pl.DataFrame | None, earlier: pl.DataFrame | None
+                ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Value rules, then sessions of each row's exchange (decided on the rows that pass the value
-    rules): one pass, one filter. Also returns the exchanges table of the tickers (exchanges.SCHEMA)."""
+    rules): one pass, one filter. Also returns the exchanges table of the tickers (exchanges.SCHEMA).
+    `manifest` and `earlier` (the exchanges table) are what the store holds, None if absent."""
     why = rows.select(value_reason(opts.max_price, opts.max_volume).alias("r"))["r"]
     ok = rows.select("ticker", "date")
     ok = ok.filter(why.is_null()) if why.null_count() < rows.height else ok
-    manifest = st.read_manifest(store) if (store / st.MANIFEST).exists() else None
     mine = pl.col("ticker").is_in(ok["ticker"].unique().implode())  # earlier decisions of these tickers only
     stored = {} if manifest is None else dict(manifest.filter(mine).select("ticker", "exchange").iter_rows())
-    earlier = exchanges.read_table(store)
     earlier = None if earlier is None else earlier.filter(mine)
     table = exchanges.resolve(ok, opts.exchanges, opts.exchange, earlier, stored)
     exchange = calendars.exchange_expr(dict(zip(table["ticker"], table["exchange"])), exchanges.DEFAULT)
@@ -199,11 +209,11 @@ def _write_quarantine(store: Path, q: pl.DataFrame, real: pl.Series) -> None:
 
 
 def _store_prices(store: Path, rows: pl.DataFrame, opts: Options, rep: Report, table: pl.DataFrame,
-                  prefetched: pl.DataFrame | None = None) -> None:
-    """Merge the new rows per ticker with the stored history (`prefetched`: see merge_stored), then
-    write changed tickers and their exchanges (with how well each fits)."""
+                  manifest: pl.DataFrame | None, prefetched: pl.DataFrame | None = None) -> None:
+    """Merge the new rows per ticker with the stored history (`manifest`: the store's before this
+    ingest; `prefetched`: see merge_stored), then write changed tickers and their exchanges (with how
+    well each fits)."""
     rows = rows.select("ticker", *st.PRICE_COLUMNS)
-    manifest = st.read_manifest(store) if (store / st.MANIFEST).exists() else None
     if manifest is not None and opts.mode == "merge":
         rows, rep.extra["replaced_stored_rows"] = merge_stored(store, rows, manifest, prefetched)
     tickers = rows["ticker"].unique()
@@ -213,13 +223,20 @@ def _store_prices(store: Path, rows: pl.DataFrame, opts: Options, rep: Report, t
     rep.missing_sessions = int(cov["missing_sessions"].sum())
     rep.unchecked = int(cov["unchecked"].sum())
     codes = dict(zip(cov["ticker"], cov["exchange"]))
-    before = {} if manifest is None else dict(zip(manifest["ticker"], manifest["content_hash"]))
     new = st.write_prices(store, rows, codes, missing)
     exchanges.write_table(store, table)
     rep.exchanges = exchanges.summary(table)
-    after = dict(zip(new["ticker"], new["content_hash"]))
     rep.tickers = len(tickers)
-    rep.tickers_changed = sum(before.get(t) != after[t] for t in tickers)
+    rep.tickers_changed = _changed(tickers, manifest, new)
+
+
+def _changed(tickers: pl.Series, before: pl.DataFrame | None, after: pl.DataFrame) -> int:
+    """How many of `tickers` have a content hash in the manifest `after` other than in `before`."""
+    now = pl.DataFrame({"ticker": tickers}).join(after.select("ticker", "content_hash"), on="ticker")
+    if before is None:
+        return now.height
+    now = now.join(before.select("ticker", old="content_hash"), on="ticker", how="left")
+    return now.height - int((now["content_hash"] == now["old"]).sum())
 
 
 def run(cfg) -> int:

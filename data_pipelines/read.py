@@ -66,8 +66,11 @@ class _Text:
 
 
 def read_sources(paths: list[Path], ticker_pattern: str | None = None, upper: bool = True,
-                 date_format: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame, list[Source]]:
-    """(rows, quarantined, sources): rows follow parse.ROW_SCHEMA, quarantined parse.BAD_SCHEMA."""
+                 date_format: str | None = None, preread: dict[str, bytes] | None = None
+                 ) -> tuple[pl.DataFrame, pl.DataFrame, list[Source]]:
+    """(rows, quarantined, sources): rows follow parse.ROW_SCHEMA, quarantined parse.BAD_SCHEMA.
+    `preread`: {str(path): bytes on disk} of files already read (catalogue.unchanged), not read again."""
+    preread = preread or {}
     sources = [Source(i, p, ticker_from_name(p, ticker_pattern, upper)) for i, p in enumerate(paths)]
     goods, bads, groups = [], [], {}
     for src in sources:
@@ -76,7 +79,7 @@ def read_sources(paths: list[Path], ticker_pattern: str | None = None, upper: bo
                 good, bad = read_parquet(src, upper, date_format)
                 goods.append(good), bads.append(bad)
                 continue
-            text = _open_text(src, date_format)
+            text = _open_text(src, date_format, preread.pop(str(src.path), None))
         except UnreadableFile as e:
             src.problem = str(e)
             continue
@@ -100,10 +103,10 @@ def _load(path: Path) -> bytes:
     return file_bytes(path)[0]
 
 
-def _open_text(src: Source, date_format: str | None) -> _Text | None:
-    """Header, spec and line count of a text file; None (with `src.problem`, or a `kind` other than
-    prices) when it has no price rows to read."""
-    raw = raw_bytes(src.path)
+def _open_text(src: Source, date_format: str | None, raw: bytes | None = None) -> _Text | None:
+    """Header, spec and line count of a text file (`raw`: its bytes, if already read); None (with
+    `src.problem`, or a `kind` other than prices) when it has no price rows to read."""
+    raw = raw_bytes(src.path) if raw is None else raw
     src.digest = digest(raw)
     data, as_on_disk = as_text(raw, src.path.name)
     bom = data.startswith(b"\xef\xbb\xbf")

@@ -6,7 +6,7 @@ Layout of a store directory:
                                        rows, missing_sessions, content_hash, file (relative path)
     manifests/<g>.parquet              manifest generation g = 000001, 000002, ...: the highest is current,
                                        manifest.parquet a copy of it (older stores lack these until written)
-    prices/bucket=<kk>/<digest>.parquet
+    prices/bucket=<kk>/<digest>-<rows>.parquet
                                        segments: ticker, date, open, high, low, close, volume of many
                                        tickers, sorted, one row per ticker and session (segments.py);
                                        stores written before segments hold prices/ticker=<quoted>/<hash>.parquet

@@ -44,6 +44,21 @@ def test_a_mixed_tree_lists_alike(tmp_path):
     assert str(d / "X.csv" / "A.csv") in files["path"].to_list()
 
 
+def test_the_csv_parse_and_the_split_parse_of_records_agree(tmp_path):
+    """Without a tab in any name the records go through polars' reader; one tab sends them all
+    through the per-record split: both list the same tree as the walk."""
+    d = tmp_path / "drop"
+    for sub in ["", "q\"uote", "n\nl"]:
+        (d / sub).mkdir(parents=True, exist_ok=True)
+        for name in [n for n in NAMES if "\t" not in n] + ['"q".csv', "c,d.csv", "\r.csv"]:
+            (d / sub / name).write_text("Date,Close\n2024-01-02,1\n")
+    data = drop_find._run([["find", ".", "-mindepth", "1", *drop_find.EXPRESSION]], d)
+    assert data.count(b"\t") == 3 * data.count(b"\0")  # the csv path
+    same(d)
+    (d / "t\tab.csv").write_text("Date,Close\n2024-01-02,1\n")
+    same(d)
+
+
 def test_relative_and_dot_roots_give_the_paths_the_walk_gives(tmp_path, monkeypatch):
     (tmp_path / "drop" / "s").mkdir(parents=True)
     (tmp_path / "drop" / "s" / "A.csv").write_text("x\n")
