@@ -3,7 +3,9 @@
 One row per file ever ingested into the store: path (resolved), size, mtime_ns, digest (blake2b of
 its bytes on disk), kind (prices, news, exogenous), problem (why it was rejected, if it was) and
 options (a fingerprint of the ingest options that change what a file yields). With
-`incremental=true` an ingest stats every file of the drop and reads only the new and changed ones:
+`incremental=true` an ingest stats every file of the drop and reads only the new and changed ones
+(after a first listing of a folder, only the files whose ctime moved are even parsed from the
+listing: listings.py):
 
 - size and mtime as recorded: unchanged, not opened (100,000 files are listed and stat'ed in about 0.2 s, drop_find.py);
 - otherwise the file is hashed: the recorded digest means the same bytes (a re-download, a `touch`);
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import polars as pl
 
+from data_pipelines import listings
 from data_pipelines.rawtext import digest, raw_bytes
 
 TABLE = "sources.parquet"
@@ -90,13 +93,15 @@ def _digest_or_none(path: Path) -> str | None:
 
 
 def stage(store: Path, sources: list, listed: pl.DataFrame, kept: pl.DataFrame, options: str,
-          old: pl.DataFrame | None) -> Path | None:
+          old: pl.DataFrame | None, listing: tuple[str, dict] | None = None, recorded: dict | None = None
+          ) -> Path | None:
     """The new catalogue written beside the table (`.sources.parquet.<pid>.staged`, fsync'ed), for
     `publish` to rename once the prices are stored; None when it equals `old`. It holds the rows of
     the files read (`sources`, in read_sources' order, and `listed`, their drop.listing rows) and
     `kept` (unchanged files, their stat refreshed) in place of theirs in `old`, the catalogue as
     `read` under the writer lock the caller holds throughout (ingest holds it from its first read to
-    its last write). ingest runs this beside the price write, in a thread."""
+    its last write), and in its metadata the `recorded` listings with `listing` (folder, entry:
+    listings.py) added. ingest runs this beside the price write, in a thread."""
     read_rows = listed.select(path="real", size="size", mtime_ns="mtime_ns").with_columns(
         digest=pl.Series([s.digest or _digest_or_none(s.path) for s in sources], dtype=pl.String),
         kind=pl.Series([s.kind for s in sources], dtype=pl.String),
@@ -107,10 +112,12 @@ def stage(store: Path, sources: list, listed: pl.DataFrame, kept: pl.DataFrame, 
     if new["path"].n_unique() < new.height:  # one file listed by two paths (a followed link)
         new = new.unique("path", keep="last")
     new = new.sort("path")
-    if old is not None and (old if old["path"].is_sorted() else old.sort("path")).equals(new):
+    recorded, moved = listings.updated(recorded or {}, listing)
+    if old is not None and not moved and (old if old["path"].is_sorted() else old.sort("path")).equals(new):
         return None
     path = Path(store) / f".{TABLE}.{os.getpid()}{STAGED}"
-    new.write_parquet(path, compression="zstd", compression_level=1, statistics=True)  # level 1: half the time
+    new.write_parquet(path, compression="zstd", compression_level=1, statistics=True,  # level 1: half the time
+                      metadata={listings.FIELD: json.dumps(recorded, sort_keys=True)})
     with open(path, "rb") as f:
         os.fsync(f.fileno())
     return path

@@ -58,7 +58,17 @@ def listing(path: str | Path) -> tuple[pl.DataFrame, dict[str, str], dict[str, s
         return pl.DataFrame([(str(root), os.path.realpath(root), st.st_size, st.st_mtime_ns)], schema=LISTING,
                             orient="row"), {}, {}
     fast = drop_find.listing(root, LISTING, NOT_DATA)
-    return fast if fast is not None else walk(root)
+    return fast[:3] if fast is not None else walk(root)
+
+
+def folder_listing(path: str | Path, since_ns: int | None = None, dirs: dict | None = None, also=None
+                   ) -> tuple[pl.DataFrame, dict[str, str], dict[str, str], dict | None]:
+    """`listing` of the folder `path` and its folders (below it: device:inode), which a later call
+    gives as `dirs` with `since_ns` for a changed-only listing (drop_find.py): the files changed
+    since then, those below folders new since, and those `also()` names (paths below it, read every
+    time) that still exist. Where `find` cannot answer, the walk lists everything (folders None)."""
+    fast = drop_find.listing(Path(path), LISTING, NOT_DATA, since_ns, dirs, also)
+    return fast if fast is not None else (*walk(Path(path)), None)
 
 
 def walk(root: Path) -> tuple[pl.DataFrame, dict[str, str], dict[str, str]]:

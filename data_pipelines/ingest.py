@@ -16,6 +16,7 @@ others. The last summary line splits the time: listing, reading, validating, ded
 from __future__ import annotations
 
 import json
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,11 +25,11 @@ from pathlib import Path
 
 import polars as pl
 
-from data_pipelines import calendars, catalogue, exchanges, segments
+from data_pipelines import calendars, catalogue, exchanges, listings, segments
 from data_pipelines import store as st
 from data_pipelines.adjust import adjust
 from data_pipelines.dedup import dedup
-from data_pipelines.drop import LAG_FILE, listing, side_tables
+from data_pipelines.drop import LAG_FILE, folder_listing, listing, side_tables
 from data_pipelines.merge import merge_stored
 from data_pipelines.read import read_sources
 from data_pipelines.validate import split, value_reason
@@ -46,6 +47,7 @@ class Options:
     max_volume: float = 1e15
     wait: bool = True                                # another ingest is writing the store: wait (else exit 2)
     incremental: bool = False                        # read only new or changed files (catalogue.py); CLI default true
+    listing: str = "changed"                         # or full: see listings.py
 
 
 @dataclass
@@ -109,28 +111,65 @@ def _ingest(path: str | Path, store: Path, opts: Options) -> Report:
     with ThreadPoolExecutor(3) as pool:  # the store's tables, read once beside the listing
         known, held = pool.submit(catalogue.read, store), pool.submit(_held, store)
         with rep.timed("listing"):
-            listed, skipped, rejected = listing(path)
-            options, kept, preread = catalogue.fingerprint(opts), pl.DataFrame(schema=catalogue.SCHEMA), {}
-            known = known.result()  # the writer lock is held until the last write: nothing changes them
-            if opts.incremental and opts.mode == "merge":
-                listed, kept, preread = catalogue.unchanged(store, listed, options, known)
-                rep.extra["files_unchanged"] = kept.height
-            files = [Path(p) for p in listed["path"].to_list()]
+            found = _list(path, store, opts, known, rep)
+            files = [Path(p) for p in found.listed["path"].to_list()]
         with rep.timed("reading"):
-            rows, bad, sources = read_sources(files, opts.ticker_pattern, opts.upper_tickers, opts.date_format, preread)
-        rep.files, rep.rows_read, rep.skipped_files = len(files), rows.height + bad.height, skipped
-        _file_report(rep, rejected, skipped, sources)
+            rows, bad, sources = read_sources(files, opts.ticker_pattern, opts.upper_tickers, opts.date_format,
+                                              found.preread)
+        rep.files, rep.rows_read, rep.skipped_files = len(files), rows.height + bad.height, found.skipped
+        _file_report(rep, found.rejected, found.skipped, sources)
         held = held.result()
         # the new catalogue and the stored rows, beside the checks
-        staged = pool.submit(catalogue.stage, store, sources, listed, kept, options, known)
+        staged = pool.submit(catalogue.stage, store, sources, found.listed, found.kept, found.options,
+                             found.catalogue, found.record, found.recorded)
         stored = pool.submit(_stored_rows, store, rows, opts, held[0])
         try:
-            _check_and_store(rows, bad, sources, listed, store, opts, rep, stored, held)
+            _check_and_store(rows, bad, sources, found.listed, store, opts, rep, stored, held)
             with rep.timed("writing"):
                 catalogue.publish(store, staged.result())  # last: a killed ingest reads these files again
         finally:
             catalogue.discard(staged)
     return rep
+
+
+@dataclass
+class _Found:
+    """What `_list` found: the files to read, and what the new catalogue needs."""
+    listed: pl.DataFrame          # drop.LISTING rows of the files to read, in Path order
+    kept: pl.DataFrame            # catalogue rows of the unchanged files listed (their stat refreshed)
+    preread: dict                 # {path: bytes} of files to read already read (catalogue.unchanged)
+    skipped: dict
+    rejected: dict
+    options: str                  # catalogue.fingerprint of the options
+    catalogue: pl.DataFrame | None
+    recorded: dict                # the catalogue's listings (listings.py) ...
+    record: tuple | None          # ... and this one's (folder, entry), None for a file or the walk
+
+
+def _list(path: str | Path, store: Path, opts: Options, known: Future, rep: Report) -> _Found:
+    """List `path` (after a first listing of a folder, only what changed: listings.py) and, with
+    `opts.incremental`, keep only the new and changed files (catalogue.py)."""
+    started, options = time.time_ns(), catalogue.fingerprint(opts)
+    incremental = opts.incremental and opts.mode == "merge"
+    recorded = listings.read(store)
+    prior = listings.previous(recorded, path, options, catalogue.RACY_NS) if incremental and opts.listing == "changed" \
+        else None
+    folders = None
+    if Path(path).is_dir():
+        def also():
+            return listings.read_every_time(known.result(), path, catalogue.ALWAYS_READ)
+        listed, skipped, rejected, folders = folder_listing(path, *(prior or (None, None)), also)
+    else:
+        listed, skipped, rejected = listing(path)
+    known = known.result()  # the writer lock is held until the last write: nothing changes it
+    kept, preread = pl.DataFrame(schema=catalogue.SCHEMA), {}
+    if incremental:
+        unlisted = listings.not_listed(known, path, listed) if prior and folders is not None else 0
+        listed, kept, preread = catalogue.unchanged(store, listed, options, known)
+        rep.extra["files_unchanged"] = kept.height + unlisted
+    record = None if folders is None else (os.path.realpath(path), dict(listed_ns=started, options=options,
+                                                                         folders=folders))
+    return _Found(listed, kept, preread, skipped, rejected, options, known, recorded, record)
 
 
 def _held(store: Path) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
@@ -250,6 +289,8 @@ def run(cfg) -> int:
     opts.exchanges = parse_exchanges(opts.exchanges)
     if opts.mode not in ("merge", "replace"):
         raise st.StoreError(f"mode: {opts.mode!r} is not merge or replace")
+    if opts.listing not in listings.MODES:
+        raise st.StoreError(f"listing: {opts.listing!r} is not changed or full")
     with st.writing(c["store"], wait=opts.wait):  # one writer from first read to last write
         rep = ingest(c["path"], c["store"], opts) if c.get("path") else Report()
         usable = rep.rows_stored

@@ -263,9 +263,6 @@ def write_prices(store: str | Path, frames: dict[str, pl.DataFrame] | pl.DataFra
             old = old if "missing_sessions" in old.columns else old.with_columns(missing_sessions=pl.lit(0))
             old = old.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA)
         new = _write_price_files(store, _stacked(frames), exchange, missing, old)
-        if old is not None:
-            new = pl.concat([old.filter(~pl.col("ticker").is_in(new["ticker"].implode())), new])
-        new = new.sort("ticker")
         if old is None or not old.equals(new):
             gens = _generations(store)
             path = _generation_path(store, (gens[-1] if gens else 0) + 1)
@@ -300,8 +297,9 @@ def _stacked(frames: dict[str, pl.DataFrame] | pl.DataFrame) -> pl.DataFrame:
 
 def _write_price_files(store: Path, rows: pl.DataFrame, exchange: str | dict, missing: dict[str, int] | None,
                        old: pl.DataFrame | None) -> pl.DataFrame:
-    """Write the segments of the tickers whose content changed (segments.py); returns the manifest
-    rows of every ticker in `rows`, and of older tickers a compaction moved."""
+    """Write the segments of the tickers whose content changed (segments.py); returns the new
+    manifest: `old`'s rows with those of every ticker in `rows`, and of older tickers a compaction
+    moved, replaced (assembled while the segments are written)."""
     for t in rows["ticker"].unique():
         ticker_dir(t)  # the length rule: a ticker names a store entry
     stats = segments.ticker_stats(rows)
@@ -321,15 +319,22 @@ def _write_price_files(store: Path, rows: pl.DataFrame, exchange: str | dict, mi
     keep = rows.filter(pl.col("ticker").is_in(changed["ticker"].implode())) if changed.height < stats.height else rows
     jobs, placed = segments.plan(store, keep, changed.select(stats.columns[:5]), old)
     jobs = [(df, store / rel) for rel, df in jobs if not (store / rel).exists()]
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        list(pool.map(lambda job: write_atomic(*job, compression="lz4", row_group_size=segments.ROW_GROUP), jobs))
-    moved = placed.join(stats.select("ticker"), on="ticker", how="anti")  # older tickers taken into a new segment
-    new = stats.join(placed, on="ticker", how="left", suffix="_new", maintain_order="left")
-    new = new.with_columns(file=pl.coalesce("file_new", "file"))
-    if old is not None and moved.height:
-        moved = old.join(moved, on="ticker").with_columns(file=pl.col("file_right"))
-        new = pl.concat([new.select(list(MANIFEST_SCHEMA)), moved.select(list(MANIFEST_SCHEMA))])
-    return new.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA)
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:  # the manifest rows meanwhile
+        written = [pool.submit(write_atomic, *job, compression="lz4", row_group_size=segments.ROW_GROUP)
+                   for job in jobs]
+        moved = placed.join(stats.select("ticker"), on="ticker", how="anti")  # older tickers taken into a new segment
+        new = stats.join(placed, on="ticker", how="left", suffix="_new", maintain_order="left")
+        new = new.with_columns(file=pl.coalesce("file_new", "file"))
+        if old is not None and moved.height:
+            moved = old.join(moved, on="ticker").with_columns(file=pl.col("file_right"))
+            new = pl.concat([new.select(list(MANIFEST_SCHEMA)), moved.select(list(MANIFEST_SCHEMA))])
+        new = new.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA)
+        if old is not None:
+            new = pl.concat([old.filter(~pl.col("ticker").is_in(new["ticker"].implode())), new])
+        new = new.sort("ticker")
+        for job in written:
+            job.result()  # every segment durable before any manifest names it
+    return new
 
 
 def write_exogenous(store: str | Path, df: pl.DataFrame) -> bool:

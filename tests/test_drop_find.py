@@ -19,7 +19,8 @@ NAMES = ["A.csv", "b.CSV", "c.txt.gz", "d.parquet", "e.pq", "f.tsv", "notes.md",
 
 
 def fast(root: Path):
-    return drop_find.listing(root, drop.LISTING, drop.NOT_DATA)
+    found = drop_find.listing(root, drop.LISTING, drop.NOT_DATA)
+    return None if found is None else found[:3]
 
 
 def same(root: Path) -> None:
@@ -53,7 +54,7 @@ def test_the_csv_parse_and_the_split_parse_of_records_agree(tmp_path):
         for name in [n for n in NAMES if "\t" not in n] + ['"q".csv', "c,d.csv", "\r.csv"]:
             (d / sub / name).write_text("Date,Close\n2024-01-02,1\n")
     data = drop_find._run([["find", ".", "-mindepth", "1", *drop_find.EXPRESSION]], d)
-    assert data.count(b"\t") == 3 * data.count(b"\0")  # the csv path
+    assert data.count(b"\t") == 4 * data.count(b"\0")  # the csv path
     same(d)
     (d / "t\tab.csv").write_text("Date,Close\n2024-01-02,1\n")
     same(d)

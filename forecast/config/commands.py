@@ -142,6 +142,7 @@ class Ingest(Command):
     max_volume: Annotated[float, Field(gt=0.0)] = 1e15
     wait: bool = True
     incremental: bool = True
+    listing: Literal["changed", "full"] = "changed"
     report: Name | None = None
     exogenous: dict = {}
     news: dict = {}
