@@ -10,7 +10,7 @@ loop is named), an error from `find` (a folder it may not list), a name that is 
 timestamp before 1970, a `find` without -printf (BSD, busybox) or no `find` at all.
 `tests/test_drop_find.py` checks that both paths give the same listing.
 
-A changed-only listing (`since_ns`, `dirs`: drop.changed_listing) prints every visible folder with
+A changed-only listing (`since_ns`, `dirs`: drop.folder_listing) prints every visible folder with
 its device and inode, and a file only if its ctime is not before `since_ns`: every write,
 truncation, `touch`, `utime`, link or rename of a file moves its ctime to the present, and nothing
 can set it back. A folder that is new at its path (created, renamed or moved in, with whatever old
